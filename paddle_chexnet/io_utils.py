@@ -1,0 +1,51 @@
+"""Atomic file writes: a reader (or a crash) never sees half a file.
+
+Everything the package writes that a user would miss (checkpoints, CSVs,
+converted weights) goes to a temporary file in the destination's folder and is
+then renamed over the destination, which POSIX and Windows do atomically on
+one file system.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds.
+
+    Examples:
+        >>> with atomic_path("out.txt") as tmp:
+        ...     _ = tmp.write_text("done")
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (UTF-8)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_paddle_save(obj: object, path: str | Path) -> None:
+    """``paddle.save`` to ``path`` atomically."""
+    import paddle
+
+    with atomic_path(path) as tmp:
+        paddle.save(obj, str(tmp))
