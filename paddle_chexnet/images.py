@@ -22,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 
 _WIDE_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 DICOM_SUFFIXES = {".dcm", ".dicom"}
+_PICTURE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
 
 
 class ImageReadError(OSError):
@@ -54,15 +55,17 @@ def to_model_mode(image: Image.Image) -> Image.Image:
 
 
 def read_xray(path: str | Path) -> Image.Image:
-    """Read a PNG/JPEG (or DICOM, by suffix) X-ray as a PIL image in mode ``'L'`` or ``'RGB'``.
+    """Read a PNG/JPEG (or DICOM, by suffix or magic) X-ray as a PIL image in mode ``'L'`` or ``'RGB'``.
 
     Raises:
         ImageReadError: the file is missing, unreadable or truncated; the message names it.
     """
     path = Path(path)
-    if path.suffix.lower() in DICOM_SUFFIXES:
-        from .dicom import read_dicom  # optional dependency: pydicom
+    from .dicom import is_dicom_file, read_dicom  # pydicom itself is imported only for DICOM files
 
+    # DICOM by suffix, or by its "DICM" magic (PACS exports often have no suffix)
+    suffix = path.suffix.lower()
+    if suffix in DICOM_SUFFIXES or (suffix not in _PICTURE_SUFFIXES and is_dicom_file(path)):
         return read_dicom(path)
     try:
         with Image.open(path) as opened:
