@@ -1,0 +1,241 @@
+"""Where the network looks: CAM, Grad-CAM and Grad-CAM++ for any finding, in batches.
+
+All three weigh the channels of a feature map ``A`` (``[B, C, h, w]``) and sum them:
+
+* **CAM** (Zhou et al., CVPR 2016), CheXNet's own method: ``A`` is the last
+  map after the final BatchNorm and ReLU (:meth:`DenseNet.forward_features`),
+  the weights are the classifier's: ``M_k = sum_c W[c, k] A_c``. The logit is
+  ``mean(M_k) + b_k``, so the map is the logit spread over the image; the bias
+  ``b_k`` is the same everywhere and is left out by default
+  (``include_bias=True`` adds it to every cell, so the map's mean IS the logit).
+  CAM is signed: negative cells argue against the finding.
+* **Grad-CAM** (Selvaraju et al., ICCV 2017): weights ``mean_ij dS_k/dA_cij``
+  of the LOGIT ``S_k`` (the pre-sigmoid score, as the paper uses the
+  pre-softmax one), map ``ReLU(sum_c w_c A_c)``. On the last map of a
+  DenseNet (global average pooling then a linear layer) the gradient is
+  ``W[c, k] / (h w)`` everywhere, so Grad-CAM equals ``ReLU(CAM) / (h w)``;
+  it differs from CAM on earlier layers (``layer=``).
+* **Grad-CAM++** (Chattopadhay et al., WACV 2018), the paper's exponential
+  variant: with ``Y_k = exp(S_k)`` and a network piecewise linear in ``A``,
+  the higher derivatives are powers of the first and
+  ``alpha_cij = g^2 / (2 g^2 + sum_ab A_cab g^3)`` with ``g = dS_k/dA_cij``;
+  weights ``w_c = sum_ij alpha_cij ReLU(g_cij)``, map ``ReLU(sum_c w_c A_c)``.
+  The paper's weights carry an extra factor ``exp(S_k)``, positive and the
+  same for every cell: we drop it (it overflows for large logits and changes
+  neither the shape of the map nor any box, since box thresholds are relative).
+
+Everything runs on Paddle's current device (CPU or GPU); results come back as
+NumPy arrays.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+
+METHODS: tuple[str, ...] = ("cam", "gradcam", "gradcampp")
+
+
+class Heatmaps(NamedTuple):
+    """Heatmaps and the predictions of the same forward pass.
+
+    Attributes:
+        maps (numpy.ndarray): ``[B, K, h, w]`` float32, one map per image and requested class.
+        probabilities (numpy.ndarray): ``[B, num_classes]`` sigmoid outputs.
+        class_ids (numpy.ndarray): ``[K]``, the class index of each map.
+    """
+
+    maps: np.ndarray
+    probabilities: np.ndarray
+    class_ids: np.ndarray
+
+
+def _as_tensor(images: paddle.Tensor | np.ndarray) -> paddle.Tensor:
+    if isinstance(images, paddle.Tensor):
+        return images
+    return paddle.to_tensor(np.ascontiguousarray(images, dtype=np.float32))
+
+
+def _class_ids(net, class_ids: Sequence[int] | None) -> np.ndarray:
+    num_classes = int(net.classifier.weight.shape[1])
+    if class_ids is None:
+        return np.arange(num_classes)
+    ids = np.asarray(list(class_ids), dtype=np.int64).reshape(-1)
+    if ids.size and (ids.min() < 0 or ids.max() >= num_classes):
+        raise ValueError(f"class ids must be in [0, {num_classes}), got {ids.tolist()}")
+    return ids
+
+
+def _head(net, features: paddle.Tensor) -> paddle.Tensor:
+    """Logits from the last feature map: global average pooling and the linear classifier."""
+    return net.classifier(paddle.flatten(F.adaptive_avg_pool2d(features, 1), 1))
+
+
+def _check_net(net) -> None:
+    if not (hasattr(net, "features") and hasattr(net, "classifier") and hasattr(net, "forward_features")):
+        raise TypeError(
+            f"heatmaps need a paddle_chexnet DenseNet (features, classifier, forward_features), got {type(net).__name__}"
+        )
+
+
+def _target_and_logits(net, images: paddle.Tensor, layer: str | None) -> tuple[paddle.Tensor, paddle.Tensor]:
+    """The activation to explain (a leaf that requires grad) and the logits computed from it.
+
+    ``layer=None`` is the last map after norm5 + ReLU; otherwise the output of
+    the named child of ``net.features`` (e.g. ``'denseblock4'``,
+    ``'transition3'``). Everything before the target runs without a graph.
+    """
+    if layer is None:
+        with paddle.no_grad():
+            target = net.forward_features(images)
+        target = target.detach()
+        target.stop_gradient = False
+        return target, _head(net, target)
+    children = list(net.features.named_children())
+    names = [name for name, _ in children]
+    if layer not in names:
+        raise ValueError(f"layer {layer!r} is not a child of net.features; choose one of {', '.join(names)}")
+    split = names.index(layer) + 1
+    with paddle.no_grad():
+        x = images
+        for _, child in children[:split]:
+            x = child(x)
+    target = x.detach()
+    target.stop_gradient = False
+    x = target
+    for _, child in children[split:]:
+        x = child(x)
+    return target, _head(net, F.relu(x))
+
+
+class _EvalMode:
+    """Run a network in eval mode (BatchNorm uses running statistics, so images in a batch are independent)."""
+
+    def __init__(self, net) -> None:
+        self.net, self.was_training = net, net.training
+
+    def __enter__(self):
+        self.net.eval()
+        return self.net
+
+    def __exit__(self, *exc) -> None:
+        if self.was_training:
+            self.net.train()
+
+
+def class_activation_maps(
+    net,
+    images: paddle.Tensor | np.ndarray,
+    class_ids: Sequence[int] | None = None,
+    include_bias: bool = False,
+) -> Heatmaps:
+    """CAM: the classifier's weights over the last feature map (after norm5 + ReLU).
+
+    Args:
+        net (DenseNet): the network (switched to eval mode for the call).
+        images (paddle.Tensor | numpy.ndarray): ``[B, 3, H, W]`` normalised inputs, any size.
+        class_ids (Sequence[int], optional): classes to map. Default: None (all).
+        include_bias (bool, optional): add the classifier bias to every cell, so
+            that each map's mean equals the logit. Default: False.
+
+    Returns:
+        Heatmaps: ``maps [B, K, h, w]`` (h, w = H/32, W/32 for DenseNet-121), probabilities, class ids.
+
+    Examples:
+        >>> from paddle_chexnet import DenseNet
+        >>> net = DenseNet(growth_rate=4, block_config=(1, 2), num_init_features=8, bn_size=2, num_classes=14)
+        >>> out = class_activation_maps(net, np.zeros((2, 3, 64, 64), "float32"), class_ids=[0, 5])
+        >>> out.maps.shape
+        (2, 2, 8, 8)
+    """
+    _check_net(net)
+    ids = _class_ids(net, class_ids)
+    with _EvalMode(net), paddle.no_grad():
+        features = net.forward_features(_as_tensor(images))
+        logits = _head(net, features)
+        batch, channels, height, width = features.shape
+        weight = paddle.index_select(net.classifier.weight, paddle.to_tensor(ids), axis=1)  # [C, K]
+        maps = paddle.matmul(weight, features.reshape([batch, channels, height * width]), transpose_x=True)
+        if include_bias and net.classifier.bias is not None:
+            maps = maps + paddle.index_select(net.classifier.bias, paddle.to_tensor(ids)).reshape([1, -1, 1])
+        maps = maps.reshape([batch, len(ids), height, width])
+        return Heatmaps(maps.numpy().astype(np.float32), F.sigmoid(logits).numpy(), ids)
+
+
+def _gradient_maps(net, images, class_ids, layer: str | None, plus_plus: bool) -> Heatmaps:
+    _check_net(net)
+    ids = _class_ids(net, class_ids)
+    with _EvalMode(net):
+        target, logits = _target_and_logits(net, _as_tensor(images), layer)
+        activations = target.numpy().astype(np.float64)  # [B, C, h, w]
+        batch, _, height, width = activations.shape
+        maps = np.zeros((batch, len(ids), height, width), dtype=np.float64)
+        for j, k in enumerate(ids):
+            # images are independent in eval mode, so the gradient of the batch sum is per image
+            (grad,) = paddle.grad(logits[:, int(k)].sum(), target, retain_graph=j < len(ids) - 1)
+            g = grad.numpy().astype(np.float64)
+            if plus_plus:
+                g2, g3 = g * g, g * g * g
+                denominator = 2.0 * g2 + activations.sum(axis=(2, 3), keepdims=True) * g3
+                alpha = g2 / np.where(denominator != 0.0, denominator, 1.0)
+                weights = (alpha * np.maximum(g, 0.0)).sum(axis=(2, 3))
+            else:
+                weights = g.mean(axis=(2, 3))
+            maps[:, j] = np.maximum(np.einsum("bc,bchw->bhw", weights, activations), 0.0)
+        probabilities = F.sigmoid(logits).numpy()
+    return Heatmaps(maps.astype(np.float32), probabilities, ids)
+
+
+def grad_cam(
+    net, images: paddle.Tensor | np.ndarray, class_ids: Sequence[int] | None = None, layer: str | None = None
+) -> Heatmaps:
+    """Grad-CAM of the logits (see the module docstring).
+
+    Args:
+        net (DenseNet): the network (switched to eval mode for the call).
+        images (paddle.Tensor | numpy.ndarray): ``[B, 3, H, W]`` normalised inputs.
+        class_ids (Sequence[int], optional): classes to map. Default: None (all).
+        layer (str, optional): a child of ``net.features`` to explain (e.g.
+            ``'denseblock4'``); None is the last map after norm5 + ReLU. Default: None.
+
+    Returns:
+        Heatmaps: non-negative ``maps [B, K, h, w]``, probabilities, class ids.
+    """
+    return _gradient_maps(net, images, class_ids, layer, plus_plus=False)
+
+
+def grad_cam_plus_plus(
+    net, images: paddle.Tensor | np.ndarray, class_ids: Sequence[int] | None = None, layer: str | None = None
+) -> Heatmaps:
+    """Grad-CAM++ of the logits with the exponential output (see the module docstring).
+
+    Arguments and result as :func:`grad_cam`.
+    """
+    return _gradient_maps(net, images, class_ids, layer, plus_plus=True)
+
+
+def compute_heatmaps(
+    net,
+    images: paddle.Tensor | np.ndarray,
+    method: str = "cam",
+    class_ids: Sequence[int] | None = None,
+    layer: str | None = None,
+) -> Heatmaps:
+    """Dispatch to :func:`class_activation_maps`, :func:`grad_cam` or :func:`grad_cam_plus_plus`.
+
+    Args:
+        method (str, optional): ``'cam'``, ``'gradcam'`` or ``'gradcampp'``. Default: 'cam'.
+        layer (str, optional): only for the gradient methods. Default: None.
+    """
+    if method == "cam":
+        if layer is not None:
+            raise ValueError("CAM uses the last feature map by definition; layer= is for gradcam and gradcampp")
+        return class_activation_maps(net, images, class_ids)
+    if method == "gradcam":
+        return grad_cam(net, images, class_ids, layer)
+    if method == "gradcampp":
+        return grad_cam_plus_plus(net, images, class_ids, layer)
+    raise ValueError(f"unknown heatmap method {method!r}; use one of {', '.join(METHODS)}")
