@@ -1,0 +1,51 @@
+"""Helpers for runs under ``python -m paddle.distributed.launch`` (several GPUs, or CPU processes on gloo).
+
+The distributed engine is Paddle's own: ``paddle.Model`` wraps the network in
+``paddle.DataParallel`` when it sees more than one process, and averages the
+gradients. This module only adds what training needs around it: who writes
+files (rank 0), sums over processes, and one copy of BatchNorm statistics.
+"""
+from __future__ import annotations
+
+import numpy as np
+import paddle
+import paddle.distributed as dist
+
+
+def world_size() -> int:
+    """Number of training processes (1 when not launched by ``paddle.distributed.launch``)."""
+    return dist.get_world_size()
+
+
+def rank() -> int:
+    """This process's rank (0 when not distributed)."""
+    return dist.get_rank()
+
+
+def is_main_process() -> bool:
+    """True on the process that writes logs and checkpoints (rank 0)."""
+    return rank() == 0
+
+
+def all_reduce_sum(values: np.ndarray) -> np.ndarray:
+    """Sum a small float64 array over all processes (identity with one process)."""
+    values = np.asarray(values, dtype=np.float64)
+    if world_size() == 1:
+        return values
+    tensor = paddle.to_tensor(values)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.numpy()
+
+
+def broadcast_buffers(network: paddle.nn.Layer, src: int = 0) -> None:
+    """Give every process rank ``src``'s buffers (BatchNorm running mean and variance).
+
+    ``paddle.DataParallel`` averages gradients, so parameters stay equal, but
+    each process updates BatchNorm statistics from its own shard of the batch.
+    Broadcasting them before validation makes every process evaluate the same
+    model: the one rank 0 saves.
+    """
+    if world_size() == 1:
+        return
+    for buffer in network.buffers():
+        dist.broadcast(buffer, src=src)

@@ -1,0 +1,498 @@
+"""Training CheXNet with ``paddle.Model``: the configuration, the wiring, and :func:`run_training`.
+
+The loop is Paddle's: ``paddle.Model(net)``, ``prepare(optimizer, loss,
+metrics)``, ``fit(..., callbacks)``. This module builds the pieces from a
+:class:`TrainConfig`; the pieces live in their own modules (losses, optim,
+sampling, callbacks, checkpoint, distributed).
+
+Outputs of a run named ``RUN``:
+
+* ``OUTPUT_DIR/RUN/{last,best}.{pdparams,pdopt,json}``: checkpoints
+  (``.pdparams`` loads with ``chexnet(weights=...)``);
+* ``LOG_DIR/RUN/history.csv`` (one row per epoch), ``config.json``, and
+  VisualDL scalars when ``visualdl`` is installed.
+
+Under ``python -m paddle.distributed.launch`` every process runs this same
+code; ``batch_size`` is per process, only rank 0 writes files, and the
+validation AUROC is computed over the whole validation set.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paddle
+
+from .callbacks import (
+    CheckpointSaver,
+    CSVLogger,
+    EpochSetup,
+    EpochSummary,
+    LRStepper,
+    MeanLoss,
+    NonFiniteLossGuard,
+    ProgressBar,
+    ResumableEarlyStopping,
+    RunState,
+    ValidationOnly,
+    VisualDLLogger,
+    history_columns,
+)
+from .checkpoint import CheckpointError, checkpoint_paths, find_resumable, load_checkpoint
+from .densenet import DenseNet, chexnet
+from .device import select_device
+from .distributed import is_main_process, world_size
+from .io_utils import atomic_write_text
+from .losses import CLASS_WEIGHTINGS, make_loss
+from .optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_scheduler
+from .sampling import SeededAugmentation, SeededBatchSampler
+
+logger = logging.getLogger(__name__)
+
+ARCHITECTURES = {
+    # name: DenseNet keyword arguments (besides num_classes)
+    "densenet121": {"growth_rate": 32, "block_config": (6, 12, 24, 16), "num_init_features": 64, "bn_size": 4},
+    # a few thousand parameters: for tests and a first look at the loop on a laptop
+    "tiny": {"growth_rate": 4, "block_config": (1, 2), "num_init_features": 8, "bn_size": 2},
+}
+IMAGENET_DOWNLOAD = "imagenet"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; the fields mirror ``train.py``'s flags.
+
+    Data:
+        data_dir (str): the data set folder. Default: 'ChestX-ray14'.
+        image_dir (str, optional): images (flat or NIH's nested folders). Default: DATA_DIR/images.
+        train_list (str, optional): training label list. Default: DATA_DIR/labels/train_list.txt.
+        val_list (str, optional): validation label list. Default: DATA_DIR/labels/val_list.txt.
+        skip_missing (bool): drop listed images that are not on disk. Default: False.
+        resize (int): shorter side before cropping. Default: 256.
+        crop (int): training random crop and validation center crop. Default: 224.
+        num_workers (int): data-loader processes. Default: 4.
+
+    Model:
+        arch (str): ``'densenet121'`` (CheXNet) or ``'tiny'`` (tests and demos). Default: 'densenet121'.
+        pretrained (str, optional): an ImageNet DenseNet-121 file (torchvision ``.pth``,
+            paddle.vision or converted ``.pdparams``) for the backbone, or ``'imagenet'`` to
+            download Paddle's (needs internet). Default: None (random initialisation).
+
+    Optimisation:
+        epochs (int): total epochs, resumes included. Default: 20.
+        batch_size (int): images per step per process. Default: 16.
+        lr (float): initial learning rate (for one process; see ``scale_lr``). Default: 1e-3.
+        scale_lr (bool): multiply ``lr`` by the number of processes (linear scaling rule). Default: False.
+        optimizer (str): ``'adam'`` (paper) or ``'sgd'`` (momentum 0.9). Default: 'adam'.
+        momentum (float): SGD momentum. Default: 0.9.
+        weight_decay (float): L2 coefficient. Default: 0.0.
+        schedule (str): ``'plateau'`` (lr / 10 when the validation loss stops improving),
+            ``'piecewise'`` or ``'constant'``. Default: 'plateau'.
+        plateau_patience (int): epochs without improvement before reducing. Default: 0.
+        milestones (tuple[int, ...]): epochs where ``'piecewise'`` multiplies by 0.1. Default: (10, 20).
+        class_weighting (str): ``'none'``, ``'pos_weight'`` (N_neg/N_pos) or ``'chexnet'``
+            (W+ = N_neg/N, W- = N_pos/N). Default: 'none'.
+        early_stopping_patience (int): epochs without a better mean validation AUROC before
+            stopping; 0 disables. Default: 3.
+        max_steps_per_epoch (int, optional): cut epochs short (demos). Default: None.
+        amp (bool): mixed precision (GPU only). Default: False.
+
+    Run:
+        output_dir (str): checkpoints go to OUTPUT_DIR/RUN_NAME. Default: 'outputs'.
+        log_dir (str): CSV and VisualDL go to LOG_DIR/RUN_NAME. Default: 'logs'.
+        run_name (str): Default: 'chexnet'.
+        resume (bool): continue from OUTPUT_DIR/RUN_NAME's ``last`` checkpoint. Default: False.
+        seed (int): initialisation, data order and augmentation. Default: 0.
+        device (str): ``'auto'``, ``'cpu'``, ``'gpu'``. Default: 'auto'.
+        progress (bool): show progress bars. Default: True.
+    """
+
+    data_dir: str = "ChestX-ray14"
+    image_dir: str | None = None
+    train_list: str | None = None
+    val_list: str | None = None
+    skip_missing: bool = False
+    resize: int = 256
+    crop: int = 224
+    num_workers: int = 4
+    arch: str = "densenet121"
+    pretrained: str | None = None
+    epochs: int = 20
+    batch_size: int = 16
+    lr: float = 1e-3
+    scale_lr: bool = False
+    optimizer: str = "adam"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "plateau"
+    plateau_patience: int = 0
+    milestones: tuple[int, ...] = (10, 20)
+    class_weighting: str = "none"
+    early_stopping_patience: int = 3
+    max_steps_per_epoch: int | None = None
+    amp: bool = False
+    output_dir: str = "outputs"
+    log_dir: str = "logs"
+    run_name: str = "chexnet"
+    resume: bool = False
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.milestones = tuple(int(m) for m in self.milestones)
+        choices = {"arch": tuple(ARCHITECTURES), "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
+                   "class_weighting": CLASS_WEIGHTINGS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        for name in ("epochs", "batch_size", "resize", "crop"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.crop > self.resize:
+            raise ValueError(f"crop ({self.crop}) must not exceed resize ({self.resize})")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
+            raise ValueError(f"max_steps_per_epoch must be at least 1 (or None), got {self.max_steps_per_epoch}")
+
+    @property
+    def image_path(self) -> Path:
+        return Path(self.image_dir) if self.image_dir else Path(self.data_dir) / "images"
+
+    @property
+    def train_list_path(self) -> Path:
+        return Path(self.train_list) if self.train_list else Path(self.data_dir) / "labels" / "train_list.txt"
+
+    @property
+    def val_list_path(self) -> Path:
+        return Path(self.val_list) if self.val_list else Path(self.data_dir) / "labels" / "val_list.txt"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.output_dir) / self.run_name
+
+    @property
+    def run_log_dir(self) -> Path:
+        return Path(self.log_dir) / self.run_name
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> TrainConfig:
+        """Build from a mapping (a JSON/YAML file); unknown keys are an error naming them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        normalised = {str(k).replace("-", "_"): v for k, v in values.items()}
+        unknown = sorted(set(normalised) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**normalised)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`run_training` returns.
+
+    Attributes:
+        best_metric (float): best mean validation AUROC (NaN if no epoch had a defined one).
+        best_epoch (int): its epoch, 1-based (0 if none).
+        best_checkpoint (Path | None): ``best.pdparams``.
+        last_checkpoint (Path | None): ``last.pdparams``.
+        history (list[dict]): one row per epoch, the CSV's columns.
+        stopped_early (bool): early stopping ended the run.
+        network (DenseNet): the trained network (the last epoch's weights), in eval mode.
+        checkpoint_dir (Path): OUTPUT_DIR/RUN_NAME.
+        log_dir (Path): LOG_DIR/RUN_NAME.
+    """
+
+    best_metric: float
+    best_epoch: int
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
+    history: list[dict[str, Any]]
+    stopped_early: bool
+    network: DenseNet = field(repr=False)
+    checkpoint_dir: Path = Path()
+    log_dir: Path = Path()
+
+
+# ---------------------------------------------------------------------------- pieces
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and Paddle (weight initialisation)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    paddle.seed(seed)
+
+
+def build_network(config: TrainConfig, num_classes: int, class_names: Sequence[str]) -> DenseNet:
+    """The network of ``config.arch``, with the ImageNet backbone of ``config.pretrained`` if given."""
+    if config.arch == "densenet121":
+        net = chexnet(num_classes=num_classes, class_names=class_names)
+    else:
+        net = DenseNet(num_classes=num_classes, class_names=class_names, **ARCHITECTURES[config.arch])
+    if config.pretrained:
+        from .convert import load_pretrained_backbone
+
+        path = download_imagenet_weights() if config.pretrained == IMAGENET_DOWNLOAD else config.pretrained
+        if not Path(path).is_file():
+            raise FileNotFoundError(
+                f"--pretrained {path}: no such file. Give a torchvision densenet121-*.pth or a Paddle "
+                f"DenseNet121_pretrained.pdparams, or '{IMAGENET_DOWNLOAD}' to download Paddle's"
+            )
+        logger.info("%s", load_pretrained_backbone(net, path))
+    return net
+
+
+def download_imagenet_weights() -> str:
+    """Download (or find in Paddle's cache) ``paddle.vision``'s ImageNet DenseNet-121; return its path.
+
+    Raises:
+        RuntimeError: the download failed (offline?); the message says how to use a local file.
+    """
+    from paddle.utils.download import get_weights_path_from_url
+    from paddle.vision.models.densenet import model_urls
+
+    url, md5 = model_urls["densenet121"]
+    try:
+        return get_weights_path_from_url(url, md5)
+    except Exception as exc:  # network errors come as many types (URLError, timeouts, HTTP errors)
+        raise RuntimeError(
+            f"could not download Paddle's ImageNet DenseNet-121 from {url} ({type(exc).__name__}: {exc}). "
+            "Without internet, copy a file there and pass --pretrained PATH: torchvision's "
+            "densenet121-a639ec97.pth or Paddle's DenseNet121_pretrained.pdparams both work"
+        ) from exc
+
+
+def build_datasets(config: TrainConfig) -> tuple[Any, Any]:
+    """Training (random crop + flip, seeded) and validation (center crop) datasets."""
+    from .data import ChestXray14Dataset, index_images, read_label_list
+    from .transforms import EvalTransform, TrainTransform
+
+    index = index_images(config.image_path)
+    train = ChestXray14Dataset(
+        config.image_path, read_label_list(config.train_list_path),
+        TrainTransform(config.resize, config.crop), skip_missing=config.skip_missing, image_index=index,
+    )
+    val = ChestXray14Dataset(
+        config.image_path, read_label_list(config.val_list_path),
+        EvalTransform("center", config.resize, config.crop), skip_missing=config.skip_missing, image_index=index,
+    )
+    if tuple(train.class_names) != tuple(val.class_names):
+        raise ValueError(
+            f"{config.train_list_path} and {config.val_list_path} have different classes: "
+            f"{train.class_names} vs {val.class_names}"
+        )
+    return SeededAugmentation(train, seed=config.seed), val
+
+
+def _worker_init(worker_id: int) -> None:
+    # augmentation is seeded per image (SeededAugmentation); this only keeps any
+    # other NumPy use in a worker from repeating the parent's stream
+    np.random.seed((np.random.get_state()[1][0] + worker_id) % (2**32))
+
+
+def build_loaders(config: TrainConfig, train: Any, val: Any) -> tuple[paddle.io.DataLoader, paddle.io.DataLoader,
+                                                                       SeededBatchSampler]:
+    """Data loaders whose batch samplers split every batch between the processes."""
+    train_sampler = SeededBatchSampler(len(train), config.batch_size, shuffle=True, seed=config.seed)
+    if config.max_steps_per_epoch is not None:
+        train_sampler = _Truncated(train_sampler, config.max_steps_per_epoch)
+    val_sampler = SeededBatchSampler(len(val), config.batch_size, shuffle=False, seed=config.seed)
+    kwargs = {"num_workers": config.num_workers, "return_list": True}
+    if config.num_workers > 0:
+        kwargs["worker_init_fn"] = _worker_init
+    train_loader = paddle.io.DataLoader(train, batch_sampler=train_sampler, **kwargs)
+    val_loader = paddle.io.DataLoader(val, batch_sampler=val_sampler, **kwargs)
+    return train_loader, val_loader, train_sampler
+
+
+class _Truncated(paddle.io.BatchSampler):
+    """The first ``max_batches`` batches of a sampler (``--max-steps-per-epoch``)."""
+
+    def __init__(self, sampler: SeededBatchSampler, max_batches: int) -> None:
+        self.sampler, self.max_batches = sampler, int(max_batches)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        for i, batch in enumerate(self.sampler):
+            if i >= self.max_batches:
+                return
+            yield batch
+
+    def __len__(self) -> int:
+        return min(len(self.sampler), self.max_batches)
+
+
+def build_callbacks(
+    config: TrainConfig,
+    state: RunState,
+    seeded: Sequence[Any],
+    auroc: ValidationOnly,
+    mean_loss: ValidationOnly,
+    class_names: Sequence[str],
+    early_stopping: ResumableEarlyStopping | None,
+    meta: Any,
+) -> list[paddle.callbacks.Callback]:
+    """The callbacks, in the order their ``on_eval_end`` must run (see :mod:`paddle_chexnet.callbacks`)."""
+    callbacks: list[paddle.callbacks.Callback] = [
+        EpochSetup(state, seeded, [auroc, mean_loss]),
+        NonFiniteLossGuard(state, config.checkpoint_dir),
+    ]
+    if config.progress:
+        callbacks.append(ProgressBar(state, config.epochs))
+    callbacks.append(LRStepper(monitor="mean_loss"))
+    if early_stopping is not None:
+        callbacks.append(early_stopping)
+    callbacks += [
+        EpochSummary(state, auroc, class_names),
+        CheckpointSaver(state, config.checkpoint_dir, meta),
+        CSVLogger(state, config.run_log_dir / "history.csv", history_columns(class_names)),
+    ]
+    try:
+        import visualdl  # noqa: F401
+    except ImportError:
+        logger.debug("visualdl is not installed; epoch scalars go to the CSV only")
+    else:
+        callbacks.append(VisualDLLogger(state, config.run_log_dir / "visualdl"))
+    return callbacks
+
+
+# ---------------------------------------------------------------------------- the run
+
+
+def run_training(config: TrainConfig) -> TrainResult:
+    """Train (or resume training) CheXNet as ``config`` says.
+
+    Args:
+        config (TrainConfig): the run's settings.
+
+    Returns:
+        TrainResult: best metric and epoch, checkpoint paths, per-epoch history, the network.
+
+    Raises:
+        NonFiniteLossError: the training loss became NaN or infinite (the message gives
+            the step; the last good checkpoint is kept).
+        CheckpointError: ``resume`` was asked but no consistent checkpoint exists.
+        FileNotFoundError, LabelListError, MissingImagesError: bad data paths or files.
+
+    Examples:
+        >>> cfg = TrainConfig(data_dir="demo/data", arch="tiny", epochs=2, resize=64, crop=56)  # doctest: +SKIP
+        >>> result = run_training(cfg)  # doctest: +SKIP
+        >>> result.best_checkpoint  # doctest: +SKIP
+        PosixPath('outputs/chexnet/best.pdparams')
+    """
+    device = select_device(config.device)
+    if config.amp and not device.startswith("gpu"):
+        raise ValueError("--amp needs a GPU (mixed precision on the CPU is slower, not faster); drop --amp")
+    seed_everything(config.seed)
+
+    train_set, val_set = build_datasets(config)
+    class_names = tuple(train_set.class_names)
+    net = build_network(config, len(class_names), class_names)
+
+    lr = config.lr * (world_size() if config.scale_lr else 1)
+    scheduler = build_scheduler(config.schedule, lr, plateau_patience=config.plateau_patience,
+                                milestones=config.milestones)
+    optimizer = build_optimizer(config.optimizer, net.parameters(), scheduler,
+                                weight_decay=config.weight_decay, momentum=config.momentum)
+    loss_fn = make_loss(config.class_weighting, train_set.labels, class_names)
+
+    state = RunState()
+    early_stopping = (ResumableEarlyStopping(config.early_stopping_patience)
+                      if config.early_stopping_patience > 0 else None)
+    if config.resume:
+        _resume(config, net, optimizer, state, early_stopping)
+    elif is_main_process() and checkpoint_paths(config.checkpoint_dir, "last")["meta"].is_file():
+        logger.warning("%s already holds a checkpoint; it will be overwritten (use --resume to continue it)",
+                       config.checkpoint_dir)
+
+    from .metrics import AUROC
+
+    # paddle.Model gathers every process's validation outputs before the metrics see them
+    auroc = ValidationOnly(AUROC(class_names=class_names, gather=False))
+    mean_loss = ValidationOnly(MeanLoss(loss_fn))
+    model = paddle.Model(net)
+    model.prepare(optimizer=optimizer, loss=loss_fn, metrics=[auroc, mean_loss],
+                  amp_configs="O1" if config.amp else None)
+
+    train_loader, val_loader, train_sampler = build_loaders(config, train_set, val_set)
+
+    def meta() -> dict[str, Any]:
+        return {
+            "config": config.to_dict(),
+            "class_names": list(class_names),
+            "world_size": world_size(),
+            "run_state": state.state_dict(),
+            "early_stopping": early_stopping.state_dict() if early_stopping is not None else None,
+        }
+
+    callbacks = build_callbacks(config, state, [train_sampler, train_set], auroc, mean_loss, class_names,
+                                early_stopping, meta)
+    if is_main_process():
+        atomic_write_text(config.run_log_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+        logger.info("training %s on %d images (validation %d), %d process(es), batch %d per process, lr %.3g",
+                    config.arch, len(train_set), len(val_set), world_size(), config.batch_size, lr)
+
+    remaining = config.epochs - state.epoch_offset
+    if remaining > 0:
+        model.fit(train_loader, val_loader, epochs=remaining, eval_freq=1, verbose=0, callbacks=callbacks)
+    else:
+        logger.info("nothing to do: the checkpoint already finished %d of %d epochs", state.epoch_offset,
+                    config.epochs)
+    net.eval()
+    return _result(config, state, net, early_stopping)
+
+
+def _resume(config: TrainConfig, net: DenseNet, optimizer: paddle.optimizer.Optimizer, state: RunState,
+            early_stopping: ResumableEarlyStopping | None) -> None:
+    name = find_resumable(config.checkpoint_dir)
+    if name is None:
+        raise CheckpointError(
+            f"--resume: no checkpoint in {config.checkpoint_dir} (expected last.json); check --output-dir "
+            "and --run-name, or start without --resume"
+        )
+    meta = load_checkpoint(config.checkpoint_dir, name, net, optimizer)
+    saved_ws = int(meta.get("world_size", 1))
+    if saved_ws != world_size():
+        logger.warning("the checkpoint was written by %d process(es), this run has %d: the data order differs "
+                       "from an uninterrupted run", saved_ws, world_size())
+    state.load_state_dict(meta["run_state"])
+    state.epoch_offset = int(meta["epoch"]) + 1
+    state.last_saved_epoch = int(meta["epoch"])
+    if early_stopping is not None and meta.get("early_stopping"):
+        early_stopping.load_state_dict(meta["early_stopping"])
+    state.history = state.history[: state.epoch_offset]
+    if is_main_process():
+        logger.info("resuming from %s (epoch %d finished, best mean AUROC %.4f at epoch %d)",
+                    checkpoint_paths(config.checkpoint_dir, name)["params"], state.epoch_offset,
+                    state.best_metric, state.best_epoch + 1)
+
+
+def _result(config: TrainConfig, state: RunState, net: DenseNet,
+            early_stopping: ResumableEarlyStopping | None) -> TrainResult:
+    best = checkpoint_paths(config.checkpoint_dir, "best")["params"]
+    last = checkpoint_paths(config.checkpoint_dir, "last")["params"]
+    return TrainResult(
+        best_metric=state.best_metric if math.isfinite(state.best_metric) else math.nan,
+        best_epoch=state.best_epoch + 1,
+        best_checkpoint=best if best.is_file() else None,
+        last_checkpoint=last if last.is_file() else None,
+        history=list(state.history),
+        stopped_early=bool(early_stopping is not None and early_stopping.stopped),
+        network=net,
+        checkpoint_dir=config.checkpoint_dir,
+        log_dir=config.run_log_dir,
+    )
