@@ -299,7 +299,7 @@ def build_datasets(config: TrainConfig) -> tuple[Any, Any]:
 def _worker_init(worker_id: int) -> None:
     # augmentation is seeded per image (SeededAugmentation); this only keeps any
     # other NumPy use in a worker from repeating the parent's stream
-    np.random.seed((np.random.get_state()[1][0] + worker_id) % (2**32))
+    np.random.seed([int(np.random.get_state()[1][0]), worker_id])
 
 
 def build_loaders(config: TrainConfig, train: Any, val: Any) -> tuple[paddle.io.DataLoader, paddle.io.DataLoader,
