@@ -1,0 +1,159 @@
+"""Checkpoints: atomic writes under a simulated crash, consistency check, optimizer state across name changes."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import paddle
+import pytest
+
+import paddle_chexnet.io_utils as io_utils
+from paddle_chexnet.checkpoint import (
+    CheckpointError,
+    checkpoint_paths,
+    find_resumable,
+    load_checkpoint,
+    optimizer_state,
+    read_checkpoint_meta,
+    save_checkpoint,
+)
+from paddle_chexnet.densenet import DenseNet
+from paddle_chexnet.optim import build_optimizer, build_scheduler
+
+
+def tiny_net() -> DenseNet:
+    return DenseNet(growth_rate=4, block_config=(1, 2), num_init_features=8, bn_size=2, num_classes=3)
+
+
+def trained(steps: int, seed: int = 0) -> tuple[DenseNet, paddle.optimizer.Optimizer]:
+    paddle.seed(seed)
+    net = tiny_net()
+    optimizer = build_optimizer("adam", net.parameters(), build_scheduler("plateau", 1e-2))
+    x = paddle.to_tensor(np.random.default_rng(seed).standard_normal((2, 3, 32, 32)).astype("float32"))
+    for _ in range(steps):
+        net(x).mean().backward()
+        optimizer.step()
+        optimizer.clear_grad()
+    return net, optimizer
+
+
+def params(net: paddle.nn.Layer) -> dict[str, np.ndarray]:
+    return {k: v.numpy().copy() for k, v in net.state_dict().items()}
+
+
+def test_save_and_load_round_trip(tmp_path: Path) -> None:
+    net, optimizer = trained(2)
+    save_checkpoint(tmp_path, "last", net, optimizer, {"epoch": 4, "metric": {"auroc": np.float32(0.5)}})
+    meta = json.loads((tmp_path / "last.json").read_text())
+    assert meta["epoch"] == 4 and meta["metric"]["auroc"] == 0.5
+    assert set(meta["files"]) == {"last.pdparams", "last.pdopt"}
+    other = tiny_net()
+    load_checkpoint(tmp_path, "last", other)
+    for key, value in params(net).items():
+        np.testing.assert_array_equal(params(other)[key], value, err_msg=key)
+
+
+def test_optimizer_state_loads_into_a_network_with_other_generated_names(tmp_path: Path) -> None:
+    """Paddle names parameters conv2d_N.w_0 by creation order; a second network in one process gets other N."""
+    net, optimizer = trained(2)
+    save_checkpoint(tmp_path, "last", net, optimizer, {"epoch": 0})
+    saved = paddle.load(str(tmp_path / "last.pdopt"))
+    assert "features.conv0.weight_moment1_0" in saved and not any(k.startswith("conv2d_") for k in saved)
+
+    restored_net = tiny_net()
+    assert restored_net.features.conv0.weight.name != net.features.conv0.weight.name
+    restored_opt = build_optimizer("adam", restored_net.parameters(), build_scheduler("plateau", 1e-2))
+    load_checkpoint(tmp_path, "last", restored_net, restored_opt)
+    # one more identical step on both: equal only if moments, beta powers and lr were restored
+    x = paddle.to_tensor(np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype("float32"))
+    for n, o in ((net, optimizer), (restored_net, restored_opt)):
+        n(x).mean().backward()
+        o.step()
+        o.clear_grad()
+    for key, value in params(net).items():
+        np.testing.assert_allclose(params(restored_net)[key], value, rtol=0, atol=1e-7, err_msg=key)
+    assert optimizer_state(restored_net, restored_opt).keys() == optimizer_state(net, optimizer).keys()
+
+
+class Crash(BaseException):
+    """Stands for the process being killed (not an Exception, so nothing catches it)."""
+
+
+def test_crash_while_writing_leaves_the_previous_checkpoint_loadable(tmp_path: Path, monkeypatch) -> None:
+    old_net, old_opt = trained(1)
+    save_checkpoint(tmp_path, "last", old_net, old_opt, {"epoch": 0})
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    new_net, new_opt = trained(3, seed=1)
+    real_save = paddle.save
+
+    def half_then_crash(obj, path, *args, **kwargs):
+        real_save(obj, path, *args, **kwargs)
+        data = Path(path).read_bytes()
+        Path(path).write_bytes(data[: len(data) // 2])  # the disk holds half a file
+        raise Crash()
+
+    monkeypatch.setattr(paddle, "save", half_then_crash)
+    with pytest.raises(Crash):
+        save_checkpoint(tmp_path, "last", new_net, new_opt, {"epoch": 1})
+    monkeypatch.undo()
+
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # untouched, no temp file left
+    restored = tiny_net()
+    assert load_checkpoint(tmp_path, "last", restored)["epoch"] == 0
+    for key, value in params(old_net).items():
+        np.testing.assert_array_equal(params(restored)[key], value, err_msg=key)
+
+
+def test_crash_between_files_is_detected_and_resume_falls_back(tmp_path: Path, monkeypatch) -> None:
+    net0, opt0 = trained(1)
+    save_checkpoint(tmp_path, "best", net0, opt0, {"epoch": 0})
+    save_checkpoint(tmp_path, "last", net0, opt0, {"epoch": 0})
+    assert find_resumable(tmp_path) == "last"
+
+    net1, opt1 = trained(2, seed=1)
+    import paddle_chexnet.checkpoint as checkpoint
+
+    def crash(path, text):
+        raise Crash()
+
+    monkeypatch.setattr(checkpoint, "atomic_write_text", crash)  # killed after .pdparams/.pdopt, before .json
+    with pytest.raises(Crash):
+        save_checkpoint(tmp_path, "last", net1, opt1, {"epoch": 1})
+    monkeypatch.undo()
+
+    with pytest.raises(CheckpointError, match="two different epochs"):
+        read_checkpoint_meta(tmp_path, "last")
+    with pytest.raises(CheckpointError, match="two different epochs"):
+        load_checkpoint(tmp_path, "last", tiny_net())
+    assert find_resumable(tmp_path) == "best"  # consistent, so a resume can continue from it
+    # the new weights file itself is whole and loads as plain weights
+    from paddle_chexnet.state_dict import load_weights
+
+    load_weights(tiny_net(), checkpoint_paths(tmp_path, "last")["params"])
+
+
+def test_incomplete_checkpoint_names_the_missing_file(tmp_path: Path) -> None:
+    net, opt = trained(1)
+    save_checkpoint(tmp_path, "last", net, opt, {"epoch": 0})
+    (tmp_path / "last.pdopt").unlink()
+    with pytest.raises(CheckpointError, match="last.pdopt"):
+        read_checkpoint_meta(tmp_path, "last")
+    with pytest.raises(CheckpointError, match="no consistent checkpoint"):
+        find_resumable(tmp_path)
+    assert find_resumable(tmp_path / "elsewhere") is None
+
+
+def test_atomic_helpers_used_for_every_file(tmp_path: Path, monkeypatch) -> None:
+    written = []
+    real = io_utils.atomic_path
+
+    def spy(path):
+        written.append(Path(path).name)
+        return real(path)
+
+    monkeypatch.setattr(io_utils, "atomic_path", spy)
+    net, opt = trained(1)
+    save_checkpoint(tmp_path, "best", net, opt, {"epoch": 0})
+    assert written == ["best.pdparams", "best.pdopt", "best.json"]  # the JSON, with the digests, last
