@@ -38,14 +38,16 @@ def all_reduce_sum(values: np.ndarray) -> np.ndarray:
 
 
 def broadcast_buffers(network: paddle.nn.Layer, src: int = 0) -> None:
-    """Give every process rank ``src``'s buffers (BatchNorm running mean and variance).
+    """Give every process rank ``src``'s non-trainable state (BatchNorm running mean and variance).
 
-    ``paddle.DataParallel`` averages gradients, so parameters stay equal, but
-    each process updates BatchNorm statistics from its own shard of the batch.
-    Broadcasting them before validation makes every process evaluate the same
-    model: the one rank 0 saves.
+    ``paddle.DataParallel`` averages gradients, so trainable parameters stay
+    equal, but each process updates BatchNorm statistics from its own shard of
+    the batch. (Paddle keeps them as parameters with ``stop_gradient=True``,
+    not as buffers.) Broadcasting them before validation makes every process
+    evaluate the same model: the one rank 0 saves.
     """
     if world_size() == 1:
         return
-    for buffer in network.buffers():
-        dist.broadcast(buffer, src=src)
+    for tensor in network.state_dict().values():
+        if tensor.stop_gradient:
+            dist.broadcast(tensor, src=src)
