@@ -1,0 +1,98 @@
+"""Heatmap overlays: the X-ray in gray, the heatmap in colour, the boxes, and the finding with its probability.
+
+The colour map comes from matplotlib (``jet`` by default, the one the CheXNet
+papers show); the drawing is done with PIL at the original image's size, so
+an overlay of a 1024x1024 X-ray is a 1024x1024 PNG whose pixels line up with
+the boxes' coordinates. Importing this module does not pick a matplotlib
+backend; only the colour map table is used.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from .boxes import Box
+from .io_utils import atomic_path
+
+
+def normalize_heatmap(heatmap: np.ndarray) -> np.ndarray:
+    """Scale a map to [0, 1] from ``min(map.min(), 0)`` to its maximum (the convention of box thresholds)."""
+    heatmap = np.asarray(heatmap, dtype=np.float64)
+    high, low = float(heatmap.max()), min(float(heatmap.min()), 0.0)
+    if high <= low:
+        return np.zeros(heatmap.shape, dtype=np.float64)
+    return np.clip((heatmap - low) / (high - low), 0.0, 1.0)
+
+
+def colorize(heatmap: np.ndarray, cmap: str = "jet") -> np.ndarray:
+    """``[H, W]`` map -> ``[H, W, 3]`` uint8 colours of the matplotlib colour map ``cmap``."""
+    import matplotlib
+
+    table = (matplotlib.colormaps[cmap](np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(np.uint8)
+    return table[np.round(normalize_heatmap(heatmap) * 255).astype(np.int64)]
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has one fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def overlay_heatmap(
+    image: Image.Image,
+    heatmap: np.ndarray | None,
+    boxes: Sequence[Box] = (),
+    label: str | None = None,
+    alpha: float = 0.4,
+    cmap: str = "jet",
+    box_color: tuple[int, int, int] = (255, 255, 255),
+) -> Image.Image:
+    """Blend a heatmap over an X-ray and draw boxes and a label.
+
+    Args:
+        image (PIL.Image.Image): the original X-ray (any mode).
+        heatmap (numpy.ndarray | None): ``[H, W]`` map at the image's size (see
+            :func:`paddle_chexnet.boxes.upsample_heatmap`); None draws boxes only.
+        boxes (Sequence[Box], optional): boxes in the image's pixels. Default: ().
+        label (str, optional): text for the top-left corner, e.g. ``"Effusion p=0.87"``. Default: None.
+        alpha (float, optional): weight of the colours. Default: 0.4.
+        cmap (str, optional): matplotlib colour map. Default: 'jet'.
+        box_color (tuple, optional): RGB of the box outlines. Default: white.
+
+    Returns:
+        PIL.Image.Image: an RGB image of the same size.
+    """
+    base = np.asarray(image.convert("RGB"), dtype=np.float64)
+    if heatmap is not None:
+        heatmap = np.asarray(heatmap)
+        if heatmap.shape != base.shape[:2]:
+            raise ValueError(
+                f"heatmap shape {heatmap.shape} differs from the image's {base.shape[:2]}; upsample it first "
+                "(paddle_chexnet.boxes.upsample_heatmap)"
+            )
+        base = (1.0 - alpha) * base + alpha * colorize(heatmap, cmap)
+    out = Image.fromarray(np.clip(base.round(), 0, 255).astype(np.uint8), mode="RGB")
+    draw = ImageDraw.Draw(out)
+    width, height = out.size
+    line = max(1, round(min(width, height) / 256))
+    for box in boxes:
+        draw.rectangle([box.x, box.y, box.x2 - 1, box.y2 - 1], outline=box_color, width=line)
+    if label:
+        font = _font(max(10, min(width, height) // 28))
+        left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
+        pad = max(2, line * 2)
+        draw.rectangle([0, 0, right - left + 2 * pad, bottom - top + 2 * pad], fill=(0, 0, 0))
+        draw.text((pad - left, pad - top), label, fill=(255, 255, 255), font=font)
+    return out
+
+
+def save_png(image: Image.Image, path: str | Path) -> Path:
+    """Save ``image`` as PNG atomically (a reader never sees half a file)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")  # optimize=True is 10x slower for a few % smaller files
+    return path

@@ -1,0 +1,208 @@
+"""tools/predict.py and tools/localize_eval.py end to end, on generated images and on a few real ones."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import paddle
+import pytest
+from PIL import Image
+
+from paddle_chexnet import CLASS_NAMES, DenseNet, densenet121
+from paddle_chexnet.boxes import read_localization_txt
+from paddle_chexnet.cam import class_activation_maps
+from paddle_chexnet.localization import (
+    format_prediction_table,
+    infer_densenet_config,
+    list_images,
+    load_model,
+    prepare_input,
+    read_thresholds,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"growth_rate": 4, "block_config": (1, 2), "num_init_features": 8, "bn_size": 2}
+
+
+def load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory) -> Path:
+    paddle.seed(3)
+    net = DenseNet(**TINY, num_classes=14)
+    path = tmp_path_factory.mktemp("weights") / "tiny.pdparams"
+    paddle.save(net.state_dict(), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory) -> Path:
+    """A PNG (gray, non-square), a JPEG (RGB) in a subfolder and a 16-bit MONOCHROME1 DICOM without suffix."""
+    from test_dicom import write_dicom
+
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (160, 200), dtype=np.uint8), "L").save(folder / "a.png")
+    (folder / "sub").mkdir()
+    Image.fromarray(rng.integers(0, 256, (120, 120, 3), dtype=np.uint8), "RGB").save(folder / "sub" / "b.jpg")
+    write_dicom(folder / "c_dicom", rng.integers(0, 4096, (96, 128)).astype(np.uint16), "MONOCHROME1", 12)
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_list_images_finds_png_jpeg_and_suffixless_dicom(image_folder):
+    names = [p.relative_to(image_folder).as_posix() for p in list_images(image_folder)]
+    assert names == ["a.png", "c_dicom", "sub/b.jpg"]
+    assert list_images(image_folder / "a.png") == [image_folder / "a.png"]
+    with pytest.raises(FileNotFoundError, match="no such image"):
+        list_images(image_folder / "missing")
+
+
+def test_infer_config_and_load_model(tiny_weights):
+    assert infer_densenet_config(paddle.load(str(tiny_weights))) == {**TINY, "num_classes": 14}
+    full = infer_densenet_config(densenet121(num_classes=14).state_dict())
+    assert full == {"growth_rate": 32, "block_config": (6, 12, 24, 16), "num_init_features": 64, "bn_size": 4,
+                    "num_classes": 14}
+    net = load_model(tiny_weights)
+    assert not net.training and net.class_names == CLASS_NAMES
+    with pytest.raises(KeyError, match="features.conv0.weight"):
+        infer_densenet_config({"fc.weight": np.zeros((2, 2))})
+
+
+def test_read_thresholds(tmp_path):
+    np.testing.assert_array_equal(read_thresholds("0.3"), np.full(14, 0.3))
+    (tmp_path / "t.json").write_text(json.dumps({"thresholds": {"default": 0.9, "Infiltrate": 0.2, "Mass": 0.4}}))
+    got = read_thresholds(str(tmp_path / "t.json"))
+    assert got[CLASS_NAMES.index("Infiltration")] == 0.2 and got[CLASS_NAMES.index("Mass")] == 0.4
+    assert got[0] == 0.9
+    (tmp_path / "t.csv").write_text("finding,threshold\n" + "".join(f"{n},0.{i % 9 + 1}\n" for i, n in
+                                                                    enumerate(CLASS_NAMES)))
+    assert read_thresholds(str(tmp_path / "t.csv"))[13] == pytest.approx(0.5)
+    (tmp_path / "partial.json").write_text(json.dumps({"Mass": 0.4}))
+    with pytest.raises(ValueError, match="partial.json: no threshold for Atelectasis"):
+        read_thresholds(str(tmp_path / "partial.json"))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        read_thresholds("1.5")
+    (tmp_path / "bad.csv").write_text("Mass,0.3\nEdema,high\n")
+    with pytest.raises(ValueError, match="bad.csv:2"):
+        read_thresholds(str(tmp_path / "bad.csv"))
+
+
+def test_predict_end_to_end_on_generated_images(tiny_weights, image_folder, tmp_path):
+    predict = load_tool("predict")
+    (tmp_path / "thr.json").write_text(json.dumps({"default": 1.0, "Effusion": 0.0}))
+    out = tmp_path / "out"
+    args = predict.get_args_parser().parse_args([
+        str(image_folder), "--weights", str(tiny_weights), "--output_dir", str(out), "--cam", "gradcampp",
+        "--threshold", str(tmp_path / "thr.json"), "--batch-size", "2", "--quiet",
+    ])
+    result = predict.main(args)
+    with open(out / "predictions.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["image", *CLASS_NAMES]
+    assert [r[0] for r in rows[1:]] == ["a.png", "c_dicom", "sub/b.jpg"]
+    probabilities = np.array([[float(v) for v in r[1:]] for r in rows[1:]])
+    assert ((probabilities > 0) & (probabilities < 1)).all()
+    # only Effusion is at or above its threshold: one overlay per image, at the image's own size
+    sizes = {"a.png": (200, 160), "c_dicom": (128, 96), "sub/b.jpg": (120, 120)}
+    for name, size in sizes.items():
+        overlay = out / "heatmaps" / f"{name.rsplit('.', 1)[0].replace('/', '__')}_Effusion.png"
+        with Image.open(overlay) as picture:
+            assert picture.size == size and picture.mode == "RGB"
+    assert len(list((out / "heatmaps").iterdir())) == 3 and len(result.overlays) == 3
+    boxes = read_localization_txt(out / "bounding_box.txt")
+    assert set(boxes) == set(sizes)
+    for name, image_boxes in boxes.items():
+        assert image_boxes and all(b.finding == "Effusion" for b in image_boxes)
+        width, height = sizes[name]
+        assert all(0 <= b.x and b.x2 <= width and 0 <= b.y and b.y2 <= height for b in image_boxes)
+    with open(out / "boxes.csv", newline="") as handle:
+        box_rows = list(csv.DictReader(handle))
+    assert len(box_rows) == sum(len(b) for b in boxes.values())
+    table = (out / "predictions.txt").read_text()
+    assert table.startswith("a.png\n") and "* Effusion" in table and "(threshold 1.00)" in table
+
+
+def test_predicted_probabilities_are_those_of_the_shown_input(tiny_weights, image_folder, tmp_path):
+    """The CSV's numbers are the network's output on the whole resized image (one forward pass)."""
+    predict = load_tool("predict")
+    out = tmp_path / "o"
+    predict.main(predict.get_args_parser().parse_args([
+        str(image_folder / "a.png"), "--weights", str(tiny_weights), "--output-dir", str(out), "--threshold", "1",
+        "--resize", "64", "--quiet",
+    ]))
+    with open(out / "predictions.csv", newline="") as handle:
+        row = list(csv.reader(handle))[1]
+    assert row[0] == "a.png" and not (out / "heatmaps").exists()
+    net = load_model(tiny_weights)
+    chw, geometry = prepare_input(Image.open(image_folder / "a.png"), resize=64)
+    assert chw.shape == (3, 64, 80) and (geometry.width, geometry.height) == (200, 160)
+    expected = class_activation_maps(net, chw[None]).probabilities[0]
+    np.testing.assert_allclose([float(v) for v in row[1:]], expected, atol=2e-6)
+
+
+def test_prediction_table_marks_findings_above_threshold():
+    probabilities = np.linspace(0.0, 0.65, 14)
+    text = format_prediction_table([("x.png", probabilities)], CLASS_NAMES, np.full(14, 0.62))
+    lines = text.splitlines()
+    assert lines[1].strip().startswith("* Hernia") and lines[2].strip().startswith("Pleural_Thickening")
+
+
+def test_localize_eval_end_to_end(tiny_weights, tmp_path):
+    rng = np.random.default_rng(5)
+    images = tmp_path / "images" / "images_001" / "images"
+    images.mkdir(parents=True)
+    for name in ("p1.png", "p2.png"):
+        Image.fromarray(rng.integers(0, 256, (128, 128), dtype=np.uint8), "L").save(images / name)
+    bbox = tmp_path / "BBox_List_2017.csv"
+    bbox.write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\n"
+                    "p1.png,Infiltrate,10,10,60,60,,,\np2.png,Mass,30,40,20,20,,,\nmissing.png,Mass,1,1,5,5\n")
+    tool = load_tool("localize_eval")
+    base = ["--weights", str(tiny_weights), "--bbox-csv", str(bbox), "--data-dir", str(tmp_path / "images")]
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        tool.main(tool.get_args_parser().parse_args(base))
+    out = tmp_path / "eval"
+    report = tool.main(tool.get_args_parser().parse_args(
+        base + ["--skip-missing", "--output-dir", str(out), "--iou-thresholds", "0.1,0.5"]))
+    assert list(report.rows) == ["Infiltration", "Mass", "Mean"]
+    assert report.rows["Infiltration"]["n"] == 1 and report.rows["Mean"]["n"] == 2
+    for row in report.rows.values():
+        assert 0.0 <= row["acc_iou@0.1"] <= 1.0 and row["acc_iou@0.5"] <= row["acc_iou@0.1"]
+    assert (out / "localization.csv").read_text().startswith("finding,n,acc_iou@0.1,acc_iou@0.5,afp_iou@0.1")
+    detected = read_localization_txt(out / "bounding_box.txt")
+    assert set(detected) == {"p1.png", "p2.png"}
+    assert {b.finding for b in detected["p1.png"]} == {"Infiltration"}  # the boxed finding only
+    assert {b.finding for b in detected["p2.png"]} == {"Mass"}
+
+
+@pytest.mark.shared_data
+def test_predict_on_real_sample_images(sample_dir, tiny_weights, tmp_path):
+    """Three real NIH images (one is RGBA) with random weights: every output is written at 1024x1024."""
+    names = ["00000100_000.png", "00000129_000.png", "00000211_000.png"]
+    folder = tmp_path / "real"
+    folder.mkdir()
+    for name in names:  # links, never copies into the repository
+        (folder / name).symlink_to(sample_dir / "images" / name)
+    predict = load_tool("predict")
+    out = tmp_path / "out"
+    (tmp_path / "thr.json").write_text(json.dumps({"default": 1.0, "Effusion": 0.0, "Nodule": 0.0}))
+    result = predict.main(predict.get_args_parser().parse_args([
+        str(folder), "--weights", str(tiny_weights), "--output-dir", str(out), "--threshold",
+        str(tmp_path / "thr.json"), "--max-boxes", "2", "--quiet",
+    ]))
+    assert [name for name, _ in result.predictions] == names
+    assert len(result.overlays) == 3 * 2
+    with Image.open(result.overlays[0]) as picture:
+        assert picture.size == (1024, 1024)
+    for image_boxes in result.boxes.values():
+        assert all(0 <= b.x and b.x2 <= 1024 and 0 <= b.y and b.y2 <= 1024 for b in image_boxes)
+        for finding in ("Effusion", "Nodule"):
+            assert 1 <= sum(b.finding == finding for b in image_boxes) <= 2

@@ -1,0 +1,101 @@
+"""Predict findings for X-rays, with heatmap overlays and boxes.
+
+    python tools/predict.py IMAGE_OR_FOLDER --weights W.pdparams --output-dir OUT \
+        [--cam cam|gradcam|gradcampp] [--threshold 0.5 | --threshold thresholds.json]
+
+Reads PNG, JPEG and DICOM (``.dcm``, or any file with DICOM's ``DICM`` magic).
+Writes ``OUT/predictions.csv``, ``OUT/predictions.txt``, ``OUT/boxes.csv``,
+``OUT/bounding_box.txt`` and ``OUT/heatmaps/<image>_<finding>.png`` for each
+finding at or above its threshold.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from paddle_chexnet.cam import METHODS  # noqa: E402
+
+logger = logging.getLogger("predict")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="CheXNet probabilities, heatmaps and boxes for an image or a folder of images.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("input", type=Path, help="an image (PNG, JPEG, DICOM) or a folder searched at any depth")
+    parser.add_argument("--weights", type=Path, required=True, help="a .pdparams file (architecture read from it)")
+    parser.add_argument("--output-dir", "--output_dir", dest="output_dir", type=Path, required=True,
+                        help="folder for predictions.csv/.txt, boxes.csv, bounding_box.txt and heatmaps/")
+    parser.add_argument("--cam", "--method", dest="method", choices=METHODS, default="cam",
+                        help="heatmap method: CAM, Grad-CAM or Grad-CAM++")
+    parser.add_argument("--threshold", "--thresholds", dest="threshold", default="0.5",
+                        help="probability threshold for overlays and boxes: a number, or a .json "
+                             "({finding: value, 'default': value}) or .csv (finding,threshold) file")
+    parser.add_argument("--box-threshold", "--box_threshold", dest="box_threshold", type=float, default=0.5,
+                        help="heatmap threshold as a fraction of the map's maximum")
+    parser.add_argument("--max-boxes", "--max_boxes", dest="max_boxes", type=int, default=None,
+                        help="keep at most this many boxes per finding and image (highest first)")
+    parser.add_argument("--min-box-area", "--min_box_area", dest="min_box_area", type=float, default=0.0,
+                        help="drop boxes smaller than this fraction of the image area")
+    parser.add_argument("--resize", type=int, default=256, help="shorter side of the network input")
+    parser.add_argument("--crop", type=int, default=0,
+                        help="center crop of the network input; 0 feeds the whole resized image so heatmaps "
+                             "cover every pixel")
+    parser.add_argument("--layer", default=None,
+                        help="layer for gradcam/gradcampp (a child of net.features, e.g. denseblock4); "
+                             "default: the last feature map")
+    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=8,
+                        help="images per forward pass")
+    parser.add_argument("--alpha", type=float, default=0.4, help="weight of the heatmap colours in overlays")
+    parser.add_argument("--no-overlays", "--no_overlays", dest="no_overlays", action="store_true",
+                        help="write no heatmap PNGs (probabilities and boxes only)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, gpu or gpu:N")
+    parser.add_argument("--quiet", action="store_true", help="do not print the table of probabilities")
+    return parser
+
+
+def main(args: argparse.Namespace):
+    from tqdm import tqdm
+
+    from paddle_chexnet.device import select_device
+    from paddle_chexnet.localization import PredictOptions, load_model, predict, read_thresholds
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not 0.0 <= args.box_threshold <= 1.0:
+        raise ValueError(f"--box-threshold must be in [0, 1] (a fraction of the map's maximum), got {args.box_threshold}")
+    if args.layer is not None and args.method == "cam":
+        raise ValueError("--layer applies to --cam gradcam and gradcampp; CAM uses the last feature map")
+    device = select_device(args.device)
+    net = load_model(args.weights)
+    options = PredictOptions(
+        method=args.method,
+        thresholds=read_thresholds(args.threshold, net.class_names),
+        box_threshold=args.box_threshold,
+        resize=args.resize,
+        crop=args.crop or None,
+        batch_size=args.batch_size,
+        max_boxes=args.max_boxes,
+        min_box_area=args.min_box_area,
+        layer=args.layer,
+        overlays=not args.no_overlays,
+        alpha=args.alpha,
+    )
+    logger.info("weights %s on %s, %s heatmaps", args.weights, device, args.method)
+    result = predict(net, args.input, args.output_dir, options,
+                     progress_factory=lambda total: tqdm(total=total, unit="img", disable=None))
+    if not args.quiet:
+        print(result.files["predictions_txt"].read_text(encoding="utf-8"), end="")
+    logger.info("%d image(s), %d overlay(s), %d box(es); results in %s", len(result.predictions),
+                len(result.overlays), sum(len(b) for b in result.boxes.values()), args.output_dir)
+    return result
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    main(get_args_parser().parse_args())
