@@ -550,6 +550,8 @@ def nih_label_lists(
     train, val = split_by_patient(train_val, [patient_of[n] for n in train_val], val_fraction, seed)
     return {
         "train": data_entry.label_list(train, "train (NIH train_val minus val patients)"),
-        "val": data_entry.label_list(val, f"val ({val_fraction:.3g} of NIH train_val patients, seed {seed})"),
+        "val": data_entry.label_list(
+            val, f"val (about {val_fraction:.3g} of NIH train_val images, whole patients, seed {seed})"
+        ),
         "test": data_entry.label_list(test, "test (NIH test_list)"),
     }

@@ -165,7 +165,9 @@ class AUROC(paddle.metric.Metric):
         {'a': 1.0, 'b': 1.0}
     """
 
-    def __init__(self, class_names: Sequence[str] = CLASS_NAMES, name: str = "auroc", gather: bool | None = None) -> None:
+    def __init__(
+        self, class_names: Sequence[str] = CLASS_NAMES, name: str = "auroc", gather: bool | None = None
+    ) -> None:
         super().__init__()
         self.class_names = tuple(class_names)
         self._name = name
