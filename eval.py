@@ -18,7 +18,7 @@ from pathlib import Path
 from paddle_chexnet.data import ChestXray14Dataset, read_label_list
 from paddle_chexnet.device import select_device
 from paddle_chexnet.evaluate import default_num_workers, evaluate
-from paddle_chexnet.inference import load_predictor
+from paddle_chexnet.inference import MISSING_WEIGHTS_HELP, load_predictor
 
 logger = logging.getLogger("eval")
 
@@ -65,6 +65,8 @@ def main(args: argparse.Namespace):
     image_dir = Path(args.image_dir) if args.image_dir else data_dir / "images"
     label_list = Path(args.label_list) if args.label_list else data_dir / "labels" / "test_list.txt"
     # Cheap checks first, so a typo fails before the model is built.
+    if not Path(args.weights).is_file():
+        raise FileNotFoundError(f"weights not found: {args.weights}. {MISSING_WEIGHTS_HELP}")
     labels = read_label_list(label_list)
     dataset = ChestXray14Dataset(image_dir, labels, skip_missing=args.skip_missing)
     if dataset.skipped:

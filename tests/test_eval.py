@@ -1,0 +1,271 @@
+"""eval.py end to end (generated images and the real sample), the batch loader, outputs, and the split tool."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import paddle
+import pytest
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from paddle_chexnet.data import ChestXray14Dataset, read_label_list
+from paddle_chexnet.densenet import DenseNet, chexnet
+from paddle_chexnet.evaluate import evaluate, iterate_batches
+from paddle_chexnet.images import read_xray
+from paddle_chexnet.inference import DygraphPredictor
+from paddle_chexnet.io_utils import atomic_paddle_save
+from paddle_chexnet.labels import CLASS_NAMES
+from paddle_chexnet.transforms import EvalTransform
+
+REPO = Path(__file__).resolve().parents[1]
+C = len(CLASS_NAMES)
+
+
+def _load_script(relative: str):
+    spec = importlib.util.spec_from_file_location(Path(relative).stem + "_under_test", REPO / relative)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+eval_script = _load_script("eval.py")
+
+
+def _make_dataset(root: Path, n: int = 12, nested: bool = True, seed: int = 0) -> tuple[Path, Path]:
+    """Small gray images (a few in other modes) and a label list where every class has both values."""
+    rng = np.random.default_rng(seed)
+    images = root / "images"
+    names, rows = [], []
+    for i in range(n):
+        folder = images / (f"images_{i % 3 + 1:03d}" + "/images") if nested else images
+        folder.mkdir(parents=True, exist_ok=True)
+        name = f"{i:08d}_000.png"
+        pixels = rng.integers(0, 256, (44, 48), dtype=np.uint8)
+        image = Image.fromarray(pixels, "L")
+        if i == 1:
+            image = image.convert("RGBA")
+        elif i == 2:
+            image = Image.fromarray(pixels.astype(np.uint16) * 16)  # 16-bit
+        image.save(folder / name)
+        names.append(name)
+        rows.append([(i + c) % 2 for c in range(C)])
+    labels = root / "labels" / "test_list.txt"
+    labels.parent.mkdir(parents=True, exist_ok=True)
+    labels.write_text("".join(f"{n} {' '.join(map(str, r))}\n" for n, r in zip(names, rows)))
+    return images, labels
+
+
+def _tiny(seed: int = 0) -> DenseNet:
+    paddle.seed(seed)
+    return DenseNet(growth_rate=4, block_config=(1, 2), num_init_features=8, bn_size=2, num_classes=C)
+
+
+@pytest.mark.parametrize("crops", ["ten", "center"])
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_batches_equal_eval_transform(tmp_path, crops, num_workers):
+    images, labels = _make_dataset(tmp_path, n=5)
+    ds = ChestXray14Dataset(images, labels)
+    transform = EvalTransform(crops, 40, 32)
+    expected = np.stack([transform(read_xray(p)) for p in ds.paths]).reshape(-1, 3, 32, 32)
+    got = list(iterate_batches(ds.paths, 2, crops, 40, 32, num_workers=num_workers))
+    k = 10 if crops == "ten" else 1
+    assert [len(b) for b in got] == [2 * k, 2 * k, k]
+    np.testing.assert_array_equal(np.concatenate(got), expected)
+
+
+def test_loader_error_names_the_file(tmp_path):
+    images, labels = _make_dataset(tmp_path, n=4, nested=False)
+    bad = images / "00000002_000.png"
+    bad.write_bytes(bad.read_bytes()[:60])  # truncated
+    with pytest.raises(OSError, match="00000002_000.png"):
+        list(iterate_batches(sorted(images.iterdir()), 2, "ten", 40, 32, num_workers=1))
+
+
+def test_evaluate_tiny_writes_outputs(tmp_path):
+    images, labels = _make_dataset(tmp_path, n=10)
+    ds = ChestXray14Dataset(images, labels)
+    net = _tiny()
+    predictor = DygraphPredictor(net)
+    result = evaluate(predictor, ds, tmp_path / "out", crops="ten", resize=40, crop=32, batch_size=3,
+                      num_workers=0, progress=False)
+    # Ten-crop: the mean of the ten crops' probabilities, image by image.
+    transform = EvalTransform("ten", 40, 32)
+    for i in (0, 1, 9):
+        expected = predictor(transform(read_xray(ds.paths[i]))).mean(axis=0)
+        np.testing.assert_allclose(result.probs[i], expected, rtol=0, atol=1e-6)
+    out = tmp_path / "out"
+    with open(out / "preds.csv", newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["Image Index", *CLASS_NAMES]
+    assert [r[0] for r in rows[1:]] == ds.names
+    preds = np.array([[float(v) for v in r[1:]] for r in rows[1:]])
+    np.testing.assert_allclose(preds, result.probs, rtol=1e-6, atol=1e-7)
+    with open(out / "aucs.csv", newline="") as fh:
+        aucs = list(csv.reader(fh))
+    assert aucs[0] == ["label", "auc"] and [r[0] for r in aucs[1:]] == list(CLASS_NAMES)
+    for c, (_, value) in enumerate(aucs[1:]):
+        assert float(value) == pytest.approx(roc_auc_score(ds.labels[:, c], result.probs[:, c]), abs=1e-6)
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["classes_in_mean"] == C and summary["images"] == 10
+    assert summary["mean_auroc"] == pytest.approx(result.mean)
+    with Image.open(out / "roc_curves.png") as png:
+        assert png.format == "PNG" and png.size[0] > 500
+    assert "The average AUROC is" in result.table() and "Hernia" in result.table()
+
+
+def test_evaluate_one_valued_class_nan(tmp_path):
+    images, labels = _make_dataset(tmp_path, n=6, nested=False)
+    ll = read_label_list(labels)
+    ll.labels[:, 3] = 0  # Infiltration: no positives
+    ds = ChestXray14Dataset(images, ll)
+    with pytest.warns(UserWarning, match="Infiltration"):
+        result = evaluate(DygraphPredictor(_tiny()), ds, tmp_path / "out", crops="center", resize=40, crop=32,
+                          num_workers=0, progress=False)
+    assert np.isnan(result.per_class["Infiltration"]) and result.n_used == C - 1
+    assert "over 13 of 14 classes" in result.table()
+    assert "Infiltration,nan" in (tmp_path / "out" / "aucs.csv").read_text()
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    paddle.seed(5)
+    path = tmp_path_factory.mktemp("w") / "chexnet.pdparams"
+    atomic_paddle_save(chexnet().state_dict(), path)
+    return path
+
+
+def _run_eval(*argv: str):
+    return eval_script.main(eval_script.get_args_parser().parse_args(list(argv)))
+
+
+def test_eval_script_end_to_end_both_backends_agree(tmp_path, weights):
+    _make_dataset(tmp_path / "ChestX-ray14", n=8)
+    common = ["--data-dir", str(tmp_path / "ChestX-ray14"), "--weights", str(weights), "--resize", "40",
+              "--crop", "32", "--batch-size", "3", "--no-progress", "--device", "cpu"]
+    fast = _run_eval(*common, "--output-dir", str(tmp_path / "fast"), "--cache-dir", str(tmp_path / "cache"),
+                     "--num-workers", "1")
+    slow = _run_eval(*common, "--output_dir", str(tmp_path / "slow"), "--backend", "dygraph", "--num_workers", "0",
+                     "--no-plot")
+    assert fast.backend == "inference" and slow.backend == "dygraph"
+    np.testing.assert_allclose(fast.probs, slow.probs, rtol=0, atol=1e-5)
+    assert (tmp_path / "fast" / "roc_curves.png").is_file() and not (tmp_path / "slow" / "roc_curves.png").exists()
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+
+
+def test_eval_script_skip_missing_and_errors(tmp_path, weights):
+    images, labels = _make_dataset(tmp_path / "d", n=6, nested=False)
+    (images / "00000004_000.png").unlink()
+    common = ["--data-dir", str(tmp_path / "d"), "--weights", str(weights), "--resize", "40", "--crop", "32",
+              "--no-progress", "--crops", "center", "--backend", "dygraph", "--num-workers", "0", "--no-plot"]
+    with pytest.raises(FileNotFoundError, match=r"1 of 6 images .*00000004_000.png.*--skip-missing"):
+        _run_eval(*common, "--output-dir", str(tmp_path / "o"))
+    result = _run_eval(*common, "--output-dir", str(tmp_path / "o"), "--skip-missing")
+    assert result.skipped == ["00000004_000.png"] and len(result.names) == 5
+    assert (tmp_path / "o" / "skipped.txt").read_text().split() == ["00000004_000.png"]
+    with pytest.raises(FileNotFoundError, match="convert_torch.py"):
+        _run_eval(*common, "--output-dir", str(tmp_path / "o"), "--weights", str(tmp_path / "none.pdparams"))
+    with pytest.raises(FileNotFoundError, match="label list not found"):
+        _run_eval(*common, "--label-list", str(tmp_path / "nope.txt"))
+    with pytest.raises(FileNotFoundError, match="image folder not found"):
+        _run_eval(*common, "--image-dir", str(tmp_path / "nowhere"))
+
+
+def test_eval_script_command_line_reports_errors(tmp_path):
+    """Run as a program: a bad label list is one clear line on stderr and exit code 1, not a traceback."""
+    import subprocess
+
+    _make_dataset(tmp_path / "d", n=2, nested=False)
+    bad = tmp_path / "bad.txt"
+    bad.write_text("00000000_000.png 0 1\n")
+    (tmp_path / "x.pdparams").write_bytes(b"never read: the label list fails first")
+    proc = subprocess.run([sys.executable, str(REPO / "eval.py"), "--data_dir", str(tmp_path / "d"),
+                           "--label_list", str(bad), "--weights", "x.pdparams"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "bad.txt line 1: expected 14 values after the image name, got 2" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_defaults_follow_the_layout():
+    args = eval_script.get_args_parser().parse_args([])
+    assert args.weights == "pretrained_models/chexnet.pdparams" and args.data_dir == "ChestX-ray14"
+    assert args.output_dir == "outputs/eval" and args.crops == "ten" and args.backend == "auto"
+    assert args.label_list is None  # DATA_DIR/labels/test_list.txt
+
+
+def test_real_sample_center_crop_subset(tmp_path, sample_dir, weights):
+    """The real PNGs (incl. the RGBA one) through eval.py: 6 images, center crop, both backends agree."""
+    names = sorted(p.name for p in (sample_dir / "images").glob("*.png"))
+    rgba = [n for n in names if Image.open(sample_dir / "images" / n).mode == "RGBA"]
+    full = read_label_list(sample_dir / "labels" / "sample_list.txt")
+    subset = rgba + [n for n in full.names if n not in rgba][:5]
+    lines = [f"{n} {' '.join(str(int(v)) for v in full.subset([n]).labels[0])}" for n in subset]
+    (tmp_path / "subset.txt").write_text("\n".join(lines) + "\n")
+    common = ["--data-dir", str(sample_dir), "--label-list", str(tmp_path / "subset.txt"), "--weights", str(weights),
+              "--crops", "center", "--no-progress", "--device", "cpu", "--no-plot"]
+    fast = _run_eval(*common, "--output-dir", str(tmp_path / "f"), "--cache-dir", str(tmp_path / "cache"))
+    slow = _run_eval(*common, "--output-dir", str(tmp_path / "s"), "--backend", "dygraph", "--num-workers", "0")
+    assert fast.names == subset
+    np.testing.assert_allclose(fast.probs, slow.probs, rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_real_sample_ten_crop_all_200(tmp_path, sample_dir, weights):
+    result = _run_eval("--data-dir", str(sample_dir), "--label-list", str(sample_dir / "labels" / "sample_list.txt"),
+                       "--weights", str(weights), "--output-dir", str(tmp_path / "o"), "--no-progress",
+                       "--cache-dir", str(tmp_path / "cache"))
+    assert len(result.names) == 200 and result.n_used == C
+    for c, name in enumerate(CLASS_NAMES):
+        assert result.per_class[name] == pytest.approx(roc_auc_score(result.labels[:, c], result.probs[:, c]))
+
+
+# ------------------------------------------------------------------ tools/make_label_lists.py
+
+make_label_lists = _load_script("tools/make_label_lists.py")
+
+
+def test_make_label_lists_generated(tmp_path, capsys):
+    header = "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position\n"
+    rows, names = [], []
+    for p in range(1, 31):
+        for k in range(p % 3 + 1):
+            name = f"{p:08d}_{k:03d}.png"
+            rows.append(f"{name},{'No Finding' if (p + k) % 2 else 'Mass|Hernia'},{k},{p},40,F,PA\n")
+            names.append(name)
+    (tmp_path / "Data_Entry_2017.csv").write_text(header + "".join(rows))
+    test = [n for n in names if int(n[:8]) > 25]
+    (tmp_path / "train_val_list.txt").write_text("\n".join(n for n in names if n not in test) + "\n")
+    (tmp_path / "test_list.txt").write_text("\n".join(test) + "\n")
+    args = make_label_lists.get_args_parser().parse_args([
+        "--data_entry", str(tmp_path / "Data_Entry_2017.csv"), "--train-val-list", str(tmp_path / "train_val_list.txt"),
+        "--test-list", str(tmp_path / "test_list.txt"), "--output-dir", str(tmp_path / "labels"),
+        "--val-fraction", "0.2", "--seed", "3",
+    ])
+    written = make_label_lists.main(args)
+    lists = {k: read_label_list(v) for k, v in written.items()}
+    assert lists["test"].names == test
+    patients = {k: {n[:8] for n in v.names} for k, v in lists.items()}
+    assert not patients["train"] & patients["val"] and not patients["val"] & patients["test"]
+    mass = CLASS_NAMES.index("Mass")
+    for ll in lists.values():
+        for name, row in zip(ll.names, ll.labels):
+            p, k = int(name[:8]), int(name[9:12])
+            assert row[mass] == (0 if (p + k) % 2 else 1)
+    printed = capsys.readouterr().out
+    assert f"test   {len(test):>7}" in printed and "val" in printed
+
+
+def test_make_label_lists_real_meta(tmp_path, meta_dir):
+    args = make_label_lists.get_args_parser().parse_args([
+        "--data-entry", str(meta_dir / "Data_Entry_2017_v2020.csv.gz"),
+        "--train-val-list", str(meta_dir / "train_val_list.txt"), "--test-list", str(meta_dir / "test_list.txt"),
+        "--output-dir", str(tmp_path),
+    ])
+    written = make_label_lists.main(args)
+    sizes = {k: len(read_label_list(v)) for k, v in written.items()}
+    assert sizes["test"] == 25596 and sizes["train"] + sizes["val"] == 86524
