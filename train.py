@@ -117,7 +117,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return values
 
 
-def config_from_args(args: argparse.Namespace, argv: list[str] | None = None) -> TrainConfig:
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Merge, by priority: flags given on the command line > ``--config`` file > defaults."""
     values = {k: v for k, v in vars(args).items() if k != "config"}
     if args.config:

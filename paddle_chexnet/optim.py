@@ -27,7 +27,7 @@ def build_scheduler(
     lr: float,
     plateau_factor: float = 0.1,
     plateau_patience: int = 0,
-    milestones: Sequence[int] = (10, 20),
+    milestones: Sequence[int] = (10, 15, 18),
     gamma: float = 0.1,
 ) -> paddle.optimizer.lr.LRScheduler:
     """An epoch-level learning-rate schedule.
@@ -41,7 +41,7 @@ def build_scheduler(
         plateau_patience (int, optional): epochs without improvement tolerated before
             reducing; 0 reduces after the first epoch that does not improve, as the paper. Default: 0.
         milestones (Sequence[int], optional): epochs (0-based, counted after each finished
-            epoch) at which the piecewise schedule multiplies by ``gamma``. Default: (10, 20).
+            epoch) at which the piecewise schedule multiplies by ``gamma``. Default: (10, 15, 18).
         gamma (float, optional): the piecewise multiplier. Default: 0.1.
     """
     if schedule == "plateau":

@@ -97,7 +97,8 @@ class TrainConfig:
         schedule (str): ``'plateau'`` (lr / 10 when the validation loss stops improving),
             ``'piecewise'`` or ``'constant'``. Default: 'plateau'.
         plateau_patience (int): epochs without improvement before reducing. Default: 0.
-        milestones (tuple[int, ...]): epochs where ``'piecewise'`` multiplies by 0.1. Default: (10, 20).
+        milestones (tuple[int, ...]): epochs where ``'piecewise'`` multiplies by 0.1. Default: (10, 15, 18)
+            (Paddle-CheXNet's).
         class_weighting (str): ``'none'``, ``'pos_weight'`` (N_neg/N_pos) or ``'chexnet'``
             (W+ = N_neg/N, W- = N_pos/N). Default: 'none'.
         early_stopping_patience (int): epochs without a better mean validation AUROC before
@@ -134,7 +135,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     schedule: str = "plateau"
     plateau_patience: int = 0
-    milestones: tuple[int, ...] = (10, 20)
+    milestones: tuple[int, ...] = (10, 15, 18)
     class_weighting: str = "none"
     early_stopping_patience: int = 3
     max_steps_per_epoch: int | None = None
