@@ -208,16 +208,23 @@ def upsample_heatmap(heatmap: np.ndarray, geometry: InputGeometry) -> np.ndarray
 
 
 def threshold_level(heatmap: np.ndarray, threshold: float) -> float | None:
-    """The value a pixel must reach: ``low + threshold * (max - low)``, ``low = min(map.min(), 0)``.
+    """The value a pixel must reach: ``threshold * max`` (the threshold is relative to the maximum).
 
-    For a non-negative map (Grad-CAM, Grad-CAM++) this is ``threshold * max``,
-    the threshold relative to the maximum. A CAM can be negative; measuring from
-    its minimum keeps the threshold meaningful. ``None`` for a flat map.
+    Only the positive part of a map counts as evidence for a finding, for CAM
+    (signed) as for Grad-CAM (non-negative): where ``Grad-CAM = ReLU(CAM) / (h w)``
+    the boxes differ only where bilinear upsampling mixes in negative cells.
+    Measuring from a signed CAM's minimum instead lets the least negative
+    background in and merges regions (on the synthetic set, box threshold 0.3,
+    it lowered the accuracy at T(IoU)=0.3 from 0.42 to 0.02). When nothing is
+    positive, the level falls back to
+    ``min + threshold * (max - min)`` so the least negative region is still
+    shown. ``None`` for a flat map.
     """
-    high = float(np.max(heatmap))
-    low = min(float(np.min(heatmap)), 0.0)
+    high, low = float(np.max(heatmap)), float(np.min(heatmap))
     if not math.isfinite(high) or high <= low:
         return None
+    if high > 0:
+        return threshold * high
     return low + threshold * (high - low)
 
 
@@ -233,8 +240,8 @@ def boxes_from_heatmap(
 
     Args:
         heatmap (numpy.ndarray): ``[H, W]`` map in original-image pixels (see :func:`upsample_heatmap`).
-        threshold (float, optional): fraction of the way from the map's floor to
-            its maximum, see :func:`threshold_level`. Default: 0.5.
+        threshold (float, optional): fraction of the map's maximum a pixel must
+            reach, see :func:`threshold_level`. Default: 0.5.
         min_area (float, optional): drop boxes smaller than this many pixels. Default: 0.
         max_boxes (int, optional): keep the highest-scoring ones only. Default: None (all).
         finding (str, optional): the finding written into each box. Default: "".

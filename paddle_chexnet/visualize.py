@@ -19,9 +19,14 @@ from .io_utils import atomic_path
 
 
 def normalize_heatmap(heatmap: np.ndarray) -> np.ndarray:
-    """Scale a map to [0, 1] from ``min(map.min(), 0)`` to its maximum (the convention of box thresholds)."""
+    """Scale a map to [0, 1] from 0 to its maximum, negative values at 0 (min..max when nothing is positive).
+
+    The same convention as the box threshold (:func:`paddle_chexnet.boxes.threshold_level`):
+    a colour at 50 % of the scale is a pixel at 50 % of the maximum.
+    """
     heatmap = np.asarray(heatmap, dtype=np.float64)
-    high, low = float(heatmap.max()), min(float(heatmap.min()), 0.0)
+    high, low = float(heatmap.max()), float(heatmap.min())
+    low = 0.0 if high > 0 else low
     if high <= low:
         return np.zeros(heatmap.shape, dtype=np.float64)
     return np.clip((heatmap - low) / (high - low), 0.0, 1.0)

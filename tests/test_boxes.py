@@ -82,11 +82,19 @@ def test_connectivity_joins_diagonal_neighbours_only_when_8():
 
 def test_flat_and_negative_maps():
     assert boxes_from_heatmap(np.zeros((5, 5))) == []
-    # a CAM can be negative everywhere: the threshold is measured from its minimum
+    # a signed CAM: only the positive part counts, relative to the maximum
     cam = -np.ones((10, 10))
-    cam[2:4, 6:9] = -0.2
-    assert threshold_level(cam, 0.5) == pytest.approx(-0.6)
+    cam[1:3, 1:3] = 0.3   # below 0.5 * max
+    cam[6:8, 5:9] = 1.0
+    assert threshold_level(cam, 0.5) == pytest.approx(0.5)
     (box,) = boxes_from_heatmap(cam, threshold=0.5)
+    assert (box.x, box.y, box.w, box.h) == (5, 6, 4, 2)
+    assert len(boxes_from_heatmap(cam, threshold=0.2)) == 2
+    # nothing positive: measured from the minimum so the least negative region still shows
+    negative = -np.ones((10, 10))
+    negative[2:4, 6:9] = -0.2
+    assert threshold_level(negative, 0.5) == pytest.approx(-0.6)
+    (box,) = boxes_from_heatmap(negative, threshold=0.5)
     assert (box.x, box.y, box.w, box.h) == (6, 2, 3, 2)
     with pytest.raises(ValueError, match="threshold"):
         boxes_from_heatmap(cam, threshold=1.5)
