@@ -394,6 +394,13 @@ class PredictResult:
 
 
 METHOD_TITLES = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++"}
+#: Overlays of images whose shorter side is below this are drawn enlarged by an integer factor.
+MIN_OVERLAY_SIDE = 384
+
+
+def display_scale(size: tuple[int, int], min_side: int = MIN_OVERLAY_SIDE) -> int:
+    """The integer factor that brings an image's shorter side to at least ``min_side`` (1 for X-ray sizes)."""
+    return max(1, -(-min_side // max(1, min(size))))
 
 
 def predict(
@@ -408,7 +415,9 @@ def predict(
     Files written (atomically): ``predictions.csv`` (``image`` + one column per
     finding), ``predictions.txt`` (readable table), ``boxes.csv``
     (``image,finding,x,y,w,h,score``), ``bounding_box.txt`` (the text format of
-    CheXNet-with-localization) and ``heatmaps/<image>_<finding>.png``.
+    CheXNet-with-localization) and ``heatmaps/<image>_<finding>.png`` (at the
+    image's size; images under :data:`MIN_OVERLAY_SIDE` pixels are drawn
+    enlarged by :func:`display_scale` so the label stays legible).
 
     Args:
         progress_factory (Callable[[int], object], optional): given the number of
@@ -440,7 +449,8 @@ def predict(
                 image_boxes.extend(found)
                 if options.overlays:
                     label = f"{finding} p={item.probabilities[k]:.2f} ({METHOD_TITLES[options.method]})"
-                    picture = overlay_heatmap(item.image, item.heatmap(int(k)), found, label, alpha=options.alpha)
+                    picture = overlay_heatmap(item.image, item.heatmap(int(k)), found, label, alpha=options.alpha,
+                                              scale=display_scale(item.image.size))
                     overlays.append(save_png(picture, output_dir / "heatmaps" / overlay_name(name, finding)))
             all_boxes[name] = image_boxes
     finally:

@@ -3,7 +3,8 @@
 The colour map comes from matplotlib (``jet`` by default, the one the CheXNet
 papers show); the drawing is done with PIL at the original image's size, so
 an overlay of a 1024x1024 X-ray is a 1024x1024 PNG whose pixels line up with
-the boxes' coordinates. Importing this module does not pick a matplotlib
+the boxes' coordinates. Small images (the synthetic set's 128 px) can be drawn
+enlarged by an integer ``scale`` so that the label stays legible. Importing this module does not pick a matplotlib
 backend; only the colour map table is used.
 """
 from __future__ import annotations
@@ -55,6 +56,7 @@ def overlay_heatmap(
     alpha: float = 0.4,
     cmap: str = "jet",
     box_color: tuple[int, int, int] = (255, 255, 255),
+    scale: int = 1,
 ) -> Image.Image:
     """Blend a heatmap over an X-ray and draw boxes and a label.
 
@@ -67,25 +69,34 @@ def overlay_heatmap(
         alpha (float, optional): weight of the colours. Default: 0.4.
         cmap (str, optional): matplotlib colour map. Default: 'jet'.
         box_color (tuple, optional): RGB of the box outlines. Default: white.
+        scale (int, optional): draw ``scale`` times larger (bilinear), so that the label
+            stays legible on small images; box coordinates are scaled with it. Default: 1.
 
     Returns:
-        PIL.Image.Image: an RGB image of the same size.
+        PIL.Image.Image: an RGB image of the image's size times ``scale``.
     """
-    base = np.asarray(image.convert("RGB"), dtype=np.float64)
+    if scale < 1:
+        raise ValueError(f"scale must be a positive integer, got {scale}")
+    size = (image.width * scale, image.height * scale)
+    rgb = image.convert("RGB")
+    base = np.asarray(rgb if scale == 1 else rgb.resize(size, Image.BILINEAR), dtype=np.float64)
     if heatmap is not None:
-        heatmap = np.asarray(heatmap)
-        if heatmap.shape != base.shape[:2]:
+        heatmap = np.asarray(heatmap, dtype=np.float32)
+        if heatmap.shape != (image.height, image.width):
             raise ValueError(
-                f"heatmap shape {heatmap.shape} differs from the image's {base.shape[:2]}; upsample it first "
-                "(paddle_chexnet.boxes.upsample_heatmap)"
+                f"heatmap shape {heatmap.shape} differs from the image's {(image.height, image.width)}; upsample "
+                "it first (paddle_chexnet.boxes.upsample_heatmap)"
             )
+        if scale != 1:
+            heatmap = np.asarray(Image.fromarray(heatmap, mode="F").resize(size, Image.BILINEAR))
         base = (1.0 - alpha) * base + alpha * colorize(heatmap, cmap)
     out = Image.fromarray(np.clip(base.round(), 0, 255).astype(np.uint8), mode="RGB")
     draw = ImageDraw.Draw(out)
     width, height = out.size
     line = max(1, round(min(width, height) / 256))
     for box in boxes:
-        draw.rectangle([box.x, box.y, box.x2 - 1, box.y2 - 1], outline=box_color, width=line)
+        draw.rectangle([box.x * scale, box.y * scale, box.x2 * scale - 1, box.y2 * scale - 1],
+                       outline=box_color, width=line)
     if label:
         font = _font(max(10, min(width, height) // 28))
         left, top, right, bottom = draw.textbbox((0, 0), label, font=font)

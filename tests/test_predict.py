@@ -113,10 +113,12 @@ def test_predict_end_to_end_on_generated_images(tiny_weights, image_folder, tmp_
     assert ((probabilities > 0) & (probabilities < 1)).all()
     # only Effusion is at or above its threshold: one overlay per image, at the image's own size
     sizes = {"a.png": (200, 160), "c_dicom": (128, 96), "sub/b.jpg": (120, 120)}
-    for name, size in sizes.items():
+    # small images are drawn enlarged by an integer factor (shorter side >= 384) so the label is legible
+    drawn = {"a.png": (600, 480), "c_dicom": (512, 384), "sub/b.jpg": (480, 480)}
+    for name in sizes:
         overlay = out / "heatmaps" / f"{name.rsplit('.', 1)[0].replace('/', '__')}_Effusion.png"
         with Image.open(overlay) as picture:
-            assert picture.size == size and picture.mode == "RGB"
+            assert picture.size == drawn[name] and picture.mode == "RGB"
     assert len(list((out / "heatmaps").iterdir())) == 3 and len(result.overlays) == 3
     boxes = read_localization_txt(out / "bounding_box.txt")
     assert set(boxes) == set(sizes)
@@ -206,3 +208,30 @@ def test_predict_on_real_sample_images(sample_dir, tiny_weights, tmp_path):
         assert all(0 <= b.x and b.x2 <= 1024 and 0 <= b.y and b.y2 <= 1024 for b in image_boxes)
         for finding in ("Effusion", "Nodule"):
             assert 1 <= sum(b.finding == finding for b in image_boxes) <= 2
+
+
+def test_overlay_colours_boxes_label_and_scale(tmp_path):
+    from paddle_chexnet.boxes import Box
+    from paddle_chexnet.visualize import colorize, overlay_heatmap, save_png
+
+    image = Image.fromarray(np.full((40, 60), 100, dtype=np.uint8), "L")
+    heatmap = np.zeros((40, 60), dtype=np.float32)
+    heatmap[30:40, 50:60] = 1.0
+    jet = colorize(heatmap)
+    assert tuple(jet[35, 55]) == (128, 0, 0) and tuple(jet[0, 0]) == (0, 0, 128)  # jet's ends: dark red, dark blue
+    out = overlay_heatmap(image, heatmap, [Box(10, 5, 20, 10)], label=None, alpha=0.5)
+    pixels = np.asarray(out).astype(int)
+    assert out.size == (60, 40)
+    assert tuple(pixels[35, 55]) == (114, 50, 50)          # (100 + 128) / 2, (100 + 0) / 2
+    assert tuple(pixels[5, 15]) == (255, 255, 255)           # the box's top edge
+    assert tuple(pixels[20, 20]) == (50, 50, 114)            # untouched inside: gray + blue
+    big = overlay_heatmap(image, heatmap, [Box(10, 5, 20, 10)], label="Mass p=0.90", scale=4)
+    big_pixels = np.asarray(big).astype(int)
+    assert big.size == (240, 160)
+    assert tuple(big_pixels[20, 60]) == (255, 255, 255)      # box edge at 4x its coordinates
+    assert tuple(big_pixels[2, 2]) == (0, 0, 0)              # the label's background
+    with pytest.raises(ValueError, match="upsample"):
+        overlay_heatmap(image, np.zeros((10, 10)))
+    path = save_png(big, tmp_path / "x" / "o.png")
+    with Image.open(path) as saved:
+        np.testing.assert_array_equal(np.asarray(saved), np.asarray(big))
