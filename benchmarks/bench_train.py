@@ -10,7 +10,10 @@ Variants:
     torch            torchvision DenseNet-121 (14 outputs), BCEWithLogitsLoss, Adam (the reference)
     paddle_eager     train.py's step: paddle.Model(net).prepare(Adam, BCE).train_batch
     paddle_static    the same with the network under paddle.jit.to_static
-    *_onednn         the Paddle variants with FLAGS_use_onednn / FLAGS_use_mkldnn on
+    paddle_*_onednn  those two with FLAGS_use_onednn / FLAGS_use_mkldnn on
+    paddle_legacy_static             paddle.Model in static-graph mode on the legacy (non-PIR) program
+    paddle_legacy_static_onednn_conv the same with oneDNN kernels for conv2d and conv2d_grad only
+                                     (the op attribute ``use_mkldnn``; the global flag fails in training)
 
 Example:
     python benchmarks/bench_train.py --batch-size 8 --size 224 --rounds 5
@@ -30,7 +33,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-VARIANTS = ("torch", "paddle_eager", "paddle_static", "paddle_eager_onednn", "paddle_static_onednn")
+VARIANTS = ("torch", "paddle_eager", "paddle_static", "paddle_eager_onednn", "paddle_static_onednn",
+            "paddle_legacy_static", "paddle_legacy_static_onednn_conv")
+# variants that need Paddle's legacy (non-PIR) static graph, chosen before paddle is imported
+LEGACY_IR = ("paddle_legacy_static", "paddle_legacy_static_onednn_conv")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -116,11 +122,46 @@ def _paddle_step(args: argparse.Namespace, static: bool, onednn: bool):
     return step
 
 
+def _paddle_legacy_static_step(args: argparse.Namespace, onednn_conv: bool):
+    import numpy as np
+    import paddle
+
+    paddle.enable_static()
+    from paddle_chexnet.densenet import DenseNet, chexnet
+    from paddle_chexnet.losses import WeightedBCEWithLogits
+
+    paddle.set_device("cpu")
+    paddle.base.core.set_num_threads(args.threads)
+    paddle.seed(0)
+    if args.arch == "tiny":
+        net = DenseNet(growth_rate=4, block_config=(1, 2), num_init_features=8, bn_size=2, num_classes=14)
+    else:
+        net = chexnet()
+    inputs = [paddle.static.InputSpec([None, 3, args.size, args.size], "float32", "image")]
+    labels = [paddle.static.InputSpec([None, 14], "float32", "label")]
+    model = paddle.Model(net, inputs, labels)
+    model.prepare(paddle.optimizer.Adam(learning_rate=1e-3, parameters=net.parameters()), WeightedBCEWithLogits())
+    if onednn_conv:
+        # paddle.Model built its programs in prepare(); switch convolutions (96% of the step) to oneDNN
+        for program in model._adapter._progs.values():
+            for op in program.global_block().ops:
+                if op.type in ("conv2d", "conv2d_grad"):
+                    op._set_attr("use_mkldnn", True)
+    x, y = _batch(args.batch_size, args.size)
+
+    def step() -> float:
+        return float(np.asarray(model.train_batch([x], [y])[0]).reshape(-1)[0])
+
+    return step
+
+
 def run_worker(args: argparse.Namespace) -> None:
     """Build the variant, warm it up, then time one step per line read from stdin."""
     variant = args.worker
     if variant == "torch":
         step = _torch_step(args)
+    elif variant in LEGACY_IR:
+        step = _paddle_legacy_static_step(args, onednn_conv=variant.endswith("onednn_conv"))
     else:
         step = _paddle_step(args, static="static" in variant, onednn=variant.endswith("onednn"))
     for _ in range(args.warmup):
@@ -140,6 +181,8 @@ def run_worker(args: argparse.Namespace) -> None:
 def _start(variant: str, args: argparse.Namespace, stderr) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
                PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if variant in LEGACY_IR:
+        env["FLAGS_enable_pir_api"] = "0"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", variant, "--batch-size", str(args.batch_size),
            "--size", str(args.size), "--warmup", str(args.warmup), "--threads", str(args.threads),
            "--arch", args.arch]
@@ -222,17 +265,17 @@ def main(args: argparse.Namespace) -> dict:
         "variants": {},
         "failed": failed,
     }
-    print(f"{'variant':24s} {'median s/step':>14s} {'images/s':>9s} {'vs torch':>9s}  per-round seconds")
+    print(f"{'variant':34s} {'median s/step':>14s} {'images/s':>9s} {'vs torch':>9s}  per-round seconds")
     for variant in variants:
         median = statistics.median(times[variant])
         ratio = reference / median if reference else float("nan")
         results["variants"][variant] = {"seconds": times[variant], "median_seconds": median,
                                         "images_per_second": args.batch_size / median, "ratio_vs_torch": ratio,
                                         "last_loss": losses[variant]}
-        print(f"{variant:24s} {median:14.3f} {args.batch_size / median:9.2f} {ratio:8.2f}x  "
+        print(f"{variant:34s} {median:14.3f} {args.batch_size / median:9.2f} {ratio:8.2f}x  "
               + " ".join(f"{t:.2f}" for t in times[variant]))
     for variant, reason in failed.items():
-        print(f"{variant:24s} failed: {reason}")
+        print(f"{variant:34s} failed: {reason}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     return results
