@@ -141,3 +141,33 @@ def test_run_state_round_trip() -> None:
     empty = RunState()
     empty.load_state_dict(RunState().state_dict())
     assert empty.best_metric == -math.inf
+
+
+def test_visualdl_logger_writes_each_epoch_row(monkeypatch, tmp_path) -> None:
+    """visualdl is optional (not installed here): a stand-in LogWriter records the calls."""
+    import sys
+    import types
+
+    calls = []
+
+    class LogWriter:
+        def __init__(self, logdir):
+            calls.append(("open", logdir))
+
+        def add_scalar(self, tag, value, step):
+            calls.append((tag, value, step))
+
+        def close(self):
+            calls.append(("close",))
+
+    monkeypatch.setitem(sys.modules, "visualdl", types.SimpleNamespace(LogWriter=LogWriter))
+    from paddle_chexnet.callbacks import VisualDLLogger
+
+    state = RunState(history=[{"epoch": 1, "train_loss": 0.5, "mean_auroc": 0.7, "auroc_Hernia": float("nan")}])
+    logger = VisualDLLogger(state, tmp_path / "vdl")
+    logger.on_eval_end({})
+    logger.on_train_end({})
+    assert calls[0] == ("open", str(tmp_path / "vdl"))
+    assert ("train_loss", 0.5, 1) in calls and ("mean_auroc", 0.7, 1) in calls
+    assert not any(c[0] == "auroc_Hernia" for c in calls)  # NaN is not written
+    assert calls[-1] == ("close",)

@@ -231,3 +231,29 @@ def test_cli_main_trains_and_writes_outputs(data_dir: Path, tmp_path: Path) -> N
     assert train.main(args) == 0
     assert (tmp_path / "o" / "chexnet" / "best.pdparams").is_file()
     assert (tmp_path / "l" / "chexnet" / "history.csv").is_file()
+
+
+def test_pretrained_backbone_is_loaded_and_the_classifier_is_not(tmp_path: Path) -> None:
+    from paddle_chexnet.training import build_network
+
+    paddle.seed(123)
+    source = DenseNet(num_classes=5, **ARCHITECTURES["tiny"])  # another head size: only features.* are used
+    paddle.save(source.state_dict(), str(tmp_path / "imagenet.pdparams"))
+    config = TrainConfig(arch="tiny", pretrained=str(tmp_path / "imagenet.pdparams"))
+    paddle.seed(0)
+    net = build_network(config, len(CLASS_NAMES), CLASS_NAMES)
+    loaded, original = net.state_dict(), source.state_dict()
+    features = [k for k in loaded if k.startswith("features.")]
+    assert features
+    for key in features:
+        np.testing.assert_array_equal(loaded[key].numpy(), original[key].numpy(), err_msg=key)
+    assert list(loaded["classifier.weight"].shape) == [net.num_features, len(CLASS_NAMES)]
+
+    with pytest.raises(FileNotFoundError, match="--pretrained .*missing.pdparams: no such file"):
+        build_network(TrainConfig(arch="tiny", pretrained=str(tmp_path / "missing.pdparams")), 14, CLASS_NAMES)
+
+
+def test_progress_bar_run(data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    result = run_training(tiny_config(data_dir, tmp_path, epochs=1, progress=True))
+    assert len(result.history) == 1
+    assert "epoch 1/1" in capsys.readouterr().err
