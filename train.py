@@ -140,13 +140,19 @@ def main(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(message)s")
     log = logging.getLogger("train")
     from paddle_chexnet.callbacks import NonFiniteLossError
+    from paddle_chexnet.checkpoint import CheckpointError
+    from paddle_chexnet.training import PretrainedDownloadError
 
-    config = config_from_args(args)
     try:
+        config = config_from_args(args)
         result = run_training(config)
     except NonFiniteLossError as exc:
         log.error("%s", exc)
         return 2
+    # problems the user can fix (paths, files, settings): the message says what, no traceback needed
+    except (OSError, ValueError, ImportError, CheckpointError, PretrainedDownloadError) as exc:
+        log.error("%s: %s", type(exc).__name__, exc)
+        return 1
     if is_main_process():
         log.info("best mean validation AUROC %.4f at epoch %d; best weights: %s; history: %s",
                  result.best_metric, result.best_epoch, result.best_checkpoint, result.log_dir / "history.csv")

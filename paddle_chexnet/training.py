@@ -255,11 +255,15 @@ def build_network(config: TrainConfig, num_classes: int, class_names: Sequence[s
     return net
 
 
+class PretrainedDownloadError(RuntimeError):
+    """Paddle's ImageNet weights could not be downloaded (offline?)."""
+
+
 def download_imagenet_weights() -> str:
     """Download (or find in Paddle's cache) ``paddle.vision``'s ImageNet DenseNet-121; return its path.
 
     Raises:
-        RuntimeError: the download failed (offline?); the message says how to use a local file.
+        PretrainedDownloadError: the download failed (offline?); the message says how to use a local file.
     """
     from paddle.utils.download import get_weights_path_from_url
     from paddle.vision.models.densenet import model_urls
@@ -268,7 +272,7 @@ def download_imagenet_weights() -> str:
     try:
         return get_weights_path_from_url(url, md5)
     except Exception as exc:  # network errors come as many types (URLError, timeouts, HTTP errors)
-        raise RuntimeError(
+        raise PretrainedDownloadError(
             f"could not download Paddle's ImageNet DenseNet-121 from {url} ({type(exc).__name__}: {exc}). "
             "Without internet, copy a file there and pass --pretrained PATH: torchvision's "
             "densenet121-a639ec97.pth or Paddle's DenseNet121_pretrained.pdparams both work"

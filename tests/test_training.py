@@ -184,7 +184,7 @@ def test_offline_imagenet_download_names_the_local_alternative(monkeypatch: pyte
         raise OSError("Network is unreachable")
 
     monkeypatch.setattr(download, "get_weights_path_from_url", offline)
-    with pytest.raises(RuntimeError, match="--pretrained PATH") as err:
+    with pytest.raises(RuntimeError, match="--pretrained PATH") as err:  # PretrainedDownloadError
         download_imagenet_weights()
     assert "Network is unreachable" in str(err.value)
 
@@ -231,6 +231,18 @@ def test_cli_main_trains_and_writes_outputs(data_dir: Path, tmp_path: Path) -> N
     assert train.main(args) == 0
     assert (tmp_path / "o" / "chexnet" / "best.pdparams").is_file()
     assert (tmp_path / "l" / "chexnet" / "history.csv").is_file()
+
+
+def test_cli_reports_user_errors_without_a_traceback(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import train
+
+    args = train.get_args_parser().parse_args(["--data-dir", str(tmp_path / "nowhere"), "--device", "cpu"])
+    assert train.main(args) == 1
+    assert "image folder not found" in caplog.text and "nowhere" in caplog.text
+    args = train.get_args_parser().parse_args(["--data-dir", str(tmp_path), "--resume", "--device", "cpu",
+                                               "--output-dir", str(tmp_path / "o"), "--crop", "300"])
+    assert train.main(args) == 1
+    assert "crop (300) must not exceed resize (256)" in caplog.text
 
 
 def test_pretrained_backbone_is_loaded_and_the_classifier_is_not(tmp_path: Path) -> None:
