@@ -41,6 +41,12 @@ from .state_dict import StateDictMismatchError, expected_shapes, mismatch_report
 
 FORMATS: tuple[str, ...] = ("arnoweng", "torchvision", "paddle_vision", "paddle_chexnet")
 HEADS: tuple[str, ...] = ("keep", "drop", "resize")
+FORMAT_DESCRIPTIONS: dict[str, str] = {
+    "arnoweng": "PyTorch, torchvision < 0.3 names (arnoweng/CheXNet, old pickled models, torchvision's ImageNet file)",
+    "torchvision": "PyTorch, current torchvision names",
+    "paddle_vision": "paddle.vision densenet121 names (Paddle's ImageNet file, jm12138/Paddle-CheXNet)",
+    "paddle_chexnet": "this package's names",
+}
 CLASSIFIER_KEYS: tuple[str, str] = ("classifier.weight", "classifier.bias")
 
 # Wrappers that training scripts put around the network: nn.DataParallel adds
@@ -116,15 +122,16 @@ def _describe_keys(keys: list[str]) -> str:
         guess = "a torchvision 'features' network other than DenseNet"
     else:
         guess = "something else"
-    shown = ", ".join(keys[:5])
-    return f"its {len(keys)} keys look like {guess}: {shown}{', ...' if len(keys) > 5 else ''}"
+    more = f" and {len(keys) - 5} more" if len(keys) > 5 else ""
+    return f"its {len(keys)} keys look like {guess}: {', '.join(keys[:5])}{more}"
 
 
-def detect_format(state: Mapping[str, object]) -> str:
+def detect_format(state: Mapping[str, object], source: str = "state dict") -> str:
     """Tell which DenseNet layout a state dict uses, from its keys.
 
     Args:
         state (Mapping[str, object]): parameter name -> array or tensor.
+        source (str, optional): what to call ``state`` in messages (a file name). Default: "state dict".
 
     Returns:
         str: one of ``'arnoweng'``, ``'torchvision'``, ``'paddle_vision'``, ``'paddle_chexnet'``.
@@ -137,7 +144,7 @@ def detect_format(state: Mapping[str, object]) -> str:
         'arnoweng'
     """
     if not isinstance(state, Mapping):
-        raise ValueError(f"expected a state dict (name -> array), got a {type(state).__name__}")
+        raise ValueError(f"{source}: expected a state dict (name -> array), got a {type(state).__name__}")
     keys = [strip_wrapper_prefixes(str(k)) for k in state]
     if any(k.startswith(("conv1_func.", "db_conv_", "tr_conv")) for k in keys):
         return "paddle_vision"
@@ -147,7 +154,7 @@ def detect_format(state: Mapping[str, object]) -> str:
         if any(k.endswith(("._mean", "._variance")) for k in keys):
             return "paddle_chexnet"
     raise ValueError(
-        f"not a DenseNet checkpoint: {_describe_keys(keys)}. Supported are DenseNet-121 weights from "
+        f"{source} is not a DenseNet checkpoint: {_describe_keys(keys)}. Supported are DenseNet-121 weights from "
         "torchvision, arnoweng/CheXNet, jrzech/reproduce-chexnet, paddle.vision and this package."
     )
 
@@ -318,7 +325,7 @@ def torch_to_paddle(
         >>> import torchvision  # doctest: +SKIP
         >>> weights = torch_to_paddle(torchvision.models.densenet121().state_dict(), head="drop")  # doctest: +SKIP
     """
-    fmt = detect_format(state)
+    fmt = detect_format(state, source)
     if fmt not in ("arnoweng", "torchvision"):
         raise ValueError(f"{source} uses the {fmt} layout, not a PyTorch one; use convert_state_dict")
     return _finish(_torch_names(state), fmt, model, head, num_classes, source).state
@@ -341,7 +348,7 @@ def paddle_vision_to_chexnet(
         >>> weights["features.conv0.weight"].shape
         (64, 3, 7, 7)
     """
-    fmt = detect_format(state)
+    fmt = detect_format(state, source)
     if fmt != "paddle_vision":
         raise ValueError(f"{source} uses the {fmt} layout, not paddle.vision's; use convert_state_dict")
     return _finish(_paddle_vision_names(state), fmt, model, head, num_classes, source).state
@@ -359,7 +366,7 @@ def convert_state_dict(
     Returns:
         Conversion: the weights with the detected format and the classifier size.
     """
-    fmt = detect_format(state)
+    fmt = detect_format(state, source)
     if fmt in ("arnoweng", "torchvision"):
         renamed = _torch_names(state)
     elif fmt == "paddle_vision":
@@ -399,7 +406,9 @@ def load_pretrained_backbone(net: paddle.nn.Layer, path: str | Path, trust_pickl
     for key, array in conversion.state.items():
         params[key].set_value(array)
     values = sum(int(a.size) for a in conversion.state.values())
+    outputs = int(net.state_dict()["classifier.weight"].shape[1])
     return (
         f"loaded {len(conversion.state)} backbone tensors ({values / 1e6:.2f}M values) from {path} "
-        f"({conversion.format} layout); classifier ({len(getattr(net, 'class_names', ()))} outputs) left as initialised"
+        f"({conversion.format} layout: {FORMAT_DESCRIPTIONS[conversion.format]}); "
+        f"classifier ({outputs} outputs) left as initialised"
     )

@@ -143,7 +143,7 @@ def read_torch_checkpoint(path: str | Path, trust_pickle: bool = False) -> Check
     except (RuntimeError, EOFError, KeyError, ValueError, OSError) as exc:
         # torch reports truncation as RuntimeError ("unexpected EOF", "failed finding central
         # directory") or EOFError; garbage inside a valid header as KeyError/UnpicklingError.
-        detail = str(exc).split("\n")[0][:200] or type(exc).__name__
+        detail = str(exc).split("\n")[0].split(". ")[0][:200].rstrip(".") or "no detail"
         raise CheckpointReadError(
             f"cannot read {path}: the file is truncated or corrupt ({type(exc).__name__}: {detail}). "
             "Download or copy it again and compare its size/checksum with the original."

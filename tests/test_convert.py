@@ -130,10 +130,10 @@ def test_detect_format_of_each_layout():
 def test_resnet_state_dict_is_refused_by_name():
     torchvision = pytest.importorskip("torchvision")
     state = torchvision.models.resnet18(weights=None).state_dict()
-    with pytest.raises(ValueError, match=r"not a DenseNet checkpoint: its 122 keys look like a ResNet"):
+    with pytest.raises(ValueError, match=r"state dict is not a DenseNet checkpoint: its 122 keys look like a ResNet"):
         detect_format(state)
-    with pytest.raises(ValueError, match="ResNet"):
-        convert_state_dict(state)
+    with pytest.raises(ValueError, match=r"^resnet18\.pth is not a DenseNet checkpoint.*ResNet"):
+        convert_state_dict(state, source="resnet18.pth")
 
 
 def test_empty_and_non_dict_are_refused():

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from paddle_chexnet.convert import HEADS, convert_state_dict  # noqa: E402
+from paddle_chexnet.convert import FORMAT_DESCRIPTIONS, HEADS, convert_state_dict  # noqa: E402
 from paddle_chexnet.io_utils import atomic_paddle_save, atomic_write_text  # noqa: E402
 from paddle_chexnet.labels import CLASS_NAMES  # noqa: E402
 from paddle_chexnet.state_dict import StateDictMismatchError  # noqa: E402
@@ -156,8 +156,9 @@ def main(args: argparse.Namespace) -> int:
     }
     atomic_write_text(output.with_suffix(".json"), json.dumps(sidecar, indent=2) + "\n")
     LOG.info(
-        "converted %s (%s layout, %s %s) -> %s: %d tensors, classifier %s, %.1f s",
-        args.src, conversion.format, checkpoint.framework, checkpoint.entry, output, len(conversion.state),
+        "converted %s (%s layout: %s; weights at %s) -> %s: %d tensors, classifier %s, %.1f s",
+        args.src, conversion.format, FORMAT_DESCRIPTIONS[conversion.format], checkpoint.entry, output,
+        len(conversion.state),
         "dropped" if conversion.num_classes is None else f"{conversion.num_classes} outputs ({conversion.head})",
         time.perf_counter() - start,
     )
