@@ -46,6 +46,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="auto, cpu, gpu or gpu:N")
     parser.add_argument("--backend", choices=("auto", "inference", "dygraph"), default="auto",
                         help="auto: Paddle Inference + oneDNN on the CPU, dynamic graph on a GPU")
+    parser.add_argument("--micro-batch", "--micro_batch", type=int, default=None,
+                        help="crops per network call, 0 = the whole batch (default: 10 on a CPU, where "
+                        "cache-sized calls are faster; whole batches on a GPU)")
     parser.add_argument("--num-threads", "--num_threads", type=int, default=None,
                         help="CPU threads for Paddle Inference (default: all cores)")
     parser.add_argument("--cache-dir", "--cache_dir", default=None,
@@ -73,7 +76,9 @@ def main(args: argparse.Namespace):
         logger.warning("skipped %d missing images (listed in %s)", len(dataset.skipped),
                        Path(args.output_dir) / "skipped.txt")
     device = select_device(args.device)
-    predictor = load_predictor(args.weights, args.backend, device, args.crop, args.cache_dir, args.num_threads)
+    predictor = load_predictor(
+        args.weights, args.backend, device, args.crop, args.cache_dir, args.num_threads, args.micro_batch
+    )
     logger.info("%d images, %s-crop, backend %s on %s", len(dataset), args.crops, predictor.backend, device)
     result = evaluate(
         predictor, dataset, args.output_dir, crops=args.crops, resize=args.resize, crop=args.crop,

@@ -51,6 +51,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", "--batch_size", type=int, default=8, help="images per batch (x10 crops)")
     parser.add_argument("--num-workers", "--num_workers", type=int, default=1,
                         help="loader processes for paddle-fast and torch-reference")
+    parser.add_argument("--micro-batch", "--micro_batch", type=int, default=None,
+                        help="paddle-fast: crops per network call (default: eval.py's, 10 on a CPU; 0 = whole batch)")
     parser.add_argument("--threads", type=int, default=None, help="math threads (default: all cores)")
     parser.add_argument("--pipelines", nargs="+", choices=PIPELINES, default=list(PIPELINES))
     parser.add_argument("--output", default=None, help="also write the results as JSON here")
@@ -84,7 +86,7 @@ def run_paddle_fast(args, threads: int) -> dict:
     from paddle_chexnet.inference import load_predictor
 
     dataset = ChestXray14Dataset(Path(args.data_dir) / "images", _image_list(args))
-    predictor = load_predictor(args.weights, "inference", "cpu", 224, args.cache_dir, threads)
+    predictor = load_predictor(args.weights, "inference", "cpu", 224, args.cache_dir, threads, args.micro_batch)
     start = time.perf_counter()
     predict_dataset(predictor, dataset, "ten", 256, 224, args.batch_size, args.num_workers, progress=False)
     return {"seconds": time.perf_counter() - start, "images": len(dataset)}
@@ -100,7 +102,7 @@ def run_paddle_dygraph(args, threads: int) -> dict:
 
     paddle.set_device("cpu")
     dataset = ChestXray14Dataset(Path(args.data_dir) / "images", _image_list(args), EvalTransform("ten"))
-    predictor = load_predictor(args.weights, "dygraph", "cpu", 224)
+    predictor = load_predictor(args.weights, "dygraph", "cpu", 224, micro_batch=0)  # plain: the whole batch
     start = time.perf_counter()
     for first in range(0, len(dataset), args.batch_size):
         crops = np.concatenate([dataset[i][0] for i in range(first, min(first + args.batch_size, len(dataset)))])
@@ -190,6 +192,8 @@ def main(args: argparse.Namespace) -> dict:
         common += ["--limit", str(args.limit)]
     if args.threads:
         common += ["--threads", str(args.threads)]
+    if args.micro_batch is not None:
+        common += ["--micro-batch", str(args.micro_batch)]
     for round_no in range(args.rounds):
         order = args.pipelines[round_no % len(args.pipelines):] + args.pipelines[: round_no % len(args.pipelines)]
         for pipeline in order:
@@ -221,6 +225,7 @@ def summarize(runs: dict[str, list[dict]], args, export_seconds: float) -> dict:
                     "python": platform.python_version()},
         "images": runs[next(iter(runs))][0]["images"],
         "batch_size": args.batch_size, "num_workers": args.num_workers, "rounds": args.rounds,
+        "micro_batch": args.micro_batch,
         "export_seconds": round(export_seconds, 1),
         "best_images_per_second": best, "median_images_per_second": median,
         "peak_rss_mb": {p: max(r["peak_rss_mb"] for r in rs) for p, rs in runs.items()},

@@ -99,6 +99,9 @@ def format_table(per_class: dict[str, float], mean: float, n_used: int) -> str:
 # ------------------------------------------------------------------ loading
 
 _WORKER_READER: Callable[[Path], Image.Image] = read_xray
+# Loader processes run a little below normal priority: the network is the bottleneck, and decoding
+# only needs a few percent of a core. Not more than this, or other programs on the machine starve them.
+LOADER_NICENESS = 5
 
 
 def _init_worker(reader: Callable[[Path], Image.Image], niceness: int) -> None:
@@ -167,7 +170,7 @@ def _resized_stream(
             yield np.asarray(resize_shorter_side(reader(Path(path)), resize))
         return
     method = "fork" if sys.platform.startswith("linux") else "spawn"
-    pool = multiprocessing.get_context(method).Pool(num_workers, _init_worker, (reader, 10))
+    pool = multiprocessing.get_context(method).Pool(num_workers, _init_worker, (reader, LOADER_NICENESS))
     try:
         todo = iter(paths)
         pending = deque(pool.apply_async(_load_resized, (p, resize)) for p in itertools.islice(todo, prefetch))

@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 EXPORT_FORMAT = 1
 MODEL_PREFIX = "model"
 ENV_CACHE_DIR = "PADDLE_CHEXNET_CACHE"
+DEFAULT_CPU_MICRO_BATCH = 10
 
 MISSING_WEIGHTS_HELP = (
     "Get CheXNet weights by converting a PyTorch checkpoint "
@@ -56,16 +57,31 @@ def cpu_count() -> int:
 class Predictor(ABC):
     """Probabilities for a batch of preprocessed images.
 
+    A batch is run in slices of at most :attr:`micro_batch` images: on a CPU,
+    DenseNet's activations for ~10 images at 224x224 stay in the caches, while a
+    batch of 80 crops spills to memory and runs up to 1.5x slower per image
+    (measured on a 2-core EPYC). ``None`` runs the whole batch at once (best on a GPU).
+
     Attributes:
         class_names (tuple[str, ...]): one name per output column.
+        micro_batch (int | None): images per network call.
     """
 
     class_names: tuple[str, ...] = CLASS_NAMES
     backend: str = ""
+    micro_batch: int | None = None
 
-    @abstractmethod
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """``batch`` float32 ``[B, 3, c, c]`` -> probabilities float32 ``[B, C]``."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        step = self.micro_batch or len(batch)
+        if len(batch) <= step:
+            return self._run(batch)
+        return np.concatenate([self._run(batch[i:i + step]) for i in range(0, len(batch), step)])
+
+    @abstractmethod
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        """One network call on a contiguous float32 batch."""
 
 
 class DygraphPredictor(Predictor):
@@ -83,15 +99,16 @@ class DygraphPredictor(Predictor):
 
     backend = "dygraph"
 
-    def __init__(self, net: paddle.nn.Layer) -> None:
+    def __init__(self, net: paddle.nn.Layer, micro_batch: int | None = None) -> None:
+        self.micro_batch = micro_batch
         net.eval()
         self.model = WithSigmoid(net)
         self.model.eval()
         self.class_names = tuple(getattr(net, "class_names", CLASS_NAMES))
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
+    def _run(self, batch: np.ndarray) -> np.ndarray:
         with paddle.no_grad():
-            return self.model(paddle.to_tensor(np.ascontiguousarray(batch, dtype=np.float32))).numpy()
+            return self.model(paddle.to_tensor(batch)).numpy()
 
 
 def export_model(net: paddle.nn.Layer, prefix: str | Path, crop: int = 224) -> Path:
@@ -221,6 +238,8 @@ class InferencePredictor(Predictor):
         num_threads (int, optional): math threads; ``None`` uses every core this process may use. Default: None.
         use_onednn (bool, optional): oneDNN kernels (the fast path). Default: True.
         class_names (Sequence[str], optional): names of the outputs. Default: CLASS_NAMES.
+        micro_batch (int, optional): images per network call, see :class:`Predictor`.
+            Default: 10 (one image's ten crops).
 
     Examples:
         >>> predict = InferencePredictor.from_weights("pretrained_models/chexnet.pdparams")  # doctest: +SKIP
@@ -236,8 +255,11 @@ class InferencePredictor(Predictor):
         num_threads: int | None = None,
         use_onednn: bool = True,
         class_names: Sequence[str] = CLASS_NAMES,
+        micro_batch: int | None = DEFAULT_CPU_MICRO_BATCH,
     ) -> None:
         from paddle import inference
+
+        self.micro_batch = micro_batch
 
         graph = model_file(prefix)
         config = inference.Config(str(graph), f"{prefix}.pdiparams")
@@ -273,8 +295,7 @@ class InferencePredictor(Predictor):
         """Load the cached export of ``weights`` (see :func:`cached_export`), exporting it on first use."""
         return cls(cached_export(weights, crop, cache_dir), **kwargs)
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.ascontiguousarray(batch, dtype=np.float32)
+    def _run(self, batch: np.ndarray) -> np.ndarray:
         self._input.reshape(list(batch.shape))
         self._input.copy_from_cpu(batch)
         self._predictor.run()
@@ -288,6 +309,7 @@ def load_predictor(
     crop: int = 224,
     cache_dir: str | Path | None = None,
     num_threads: int | None = None,
+    micro_batch: int | None = None,
 ) -> Predictor:
     """A predictor for a CheXNet weights file.
 
@@ -299,6 +321,8 @@ def load_predictor(
         crop (int, optional): input size (part of the export's cache key). Default: 224.
         cache_dir (str | Path, optional): export cache, see :func:`cached_export`. Default: None.
         num_threads (int, optional): CPU threads for Paddle Inference. Default: None (all cores).
+        micro_batch (int, optional): images per network call (see :class:`Predictor`); 0 runs
+            each batch whole. Default: None (10 on the CPU, whole batches on a GPU).
 
     Raises:
         FileNotFoundError: ``weights`` does not exist; the message says how to get them.
@@ -312,8 +336,13 @@ def load_predictor(
     on_gpu = device.startswith("gpu")
     if backend == "auto":
         backend = "dygraph" if on_gpu else "inference"
+    if micro_batch is None:
+        micro_batch = None if on_gpu else DEFAULT_CPU_MICRO_BATCH
+    micro_batch = micro_batch or None  # 0: whole batches
     if backend == "inference":
         if on_gpu:
             raise ValueError("the Paddle Inference backend here runs on the CPU; use --backend dygraph on a GPU")
-        return InferencePredictor.from_weights(weights, crop=crop, cache_dir=cache_dir, num_threads=num_threads)
-    return DygraphPredictor(network_from_weights(weights))
+        return InferencePredictor.from_weights(
+            weights, crop=crop, cache_dir=cache_dir, num_threads=num_threads, micro_batch=micro_batch
+        )
+    return DygraphPredictor(network_from_weights(weights), micro_batch=micro_batch)

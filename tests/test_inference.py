@@ -54,6 +54,16 @@ def test_inference_matches_dygraph_tiny_variable_batch(tmp_path):
         np.testing.assert_allclose(fast(x), slow(x), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("micro_batch", [1, 4, 7, None])
+def test_micro_batches_give_the_same_probabilities(tmp_path, micro_batch):
+    net = _tiny()
+    x = _batch(13, 32, seed=4)
+    whole = DygraphPredictor(net)(x)
+    np.testing.assert_allclose(DygraphPredictor(net, micro_batch=micro_batch)(x), whole, rtol=0, atol=1e-6)
+    fast = InferencePredictor.from_network(net, tmp_path / "e", crop=32, num_threads=1, micro_batch=micro_batch)
+    np.testing.assert_allclose(fast(x), whole, rtol=0, atol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def chexnet_weights(tmp_path_factory):
     """A randomly initialised full CheXNet saved as .pdparams (speed and parity do not depend on the values)."""
@@ -68,6 +78,7 @@ def test_full_chexnet_fast_path_matches_dygraph_within_1e5(chexnet_weights, tmp_
     fast = load_predictor(chexnet_weights, "inference", "cpu", crop=224, cache_dir=tmp_path, num_threads=2)
     slow = load_predictor(chexnet_weights, "dygraph", "cpu", crop=224)
     assert isinstance(fast, InferencePredictor) and isinstance(slow, DygraphPredictor)
+    assert fast.micro_batch == 10 and slow.micro_batch == 10  # CPU default
     x = _batch(2, 224)
     diff = np.abs(fast(x) - slow(x)).max()
     assert diff <= 1e-5, f"Paddle Inference differs from the dynamic graph by {diff}"
