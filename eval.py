@@ -43,6 +43,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="images per batch (ten-crop runs 10x as many crops at once)")
     parser.add_argument("--num-workers", "--num_workers", type=int, default=None,
                         help=f"image-loading processes, 0 = in the main process (default: {default_num_workers()})")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="Paddle Inference: copies of the model in parallel processes, each on its own images "
+                        "with cores/N threads (loading included)")
     parser.add_argument("--device", default="auto", help="auto, cpu, gpu or gpu:N")
     parser.add_argument("--backend", choices=("auto", "inference", "dygraph"), default="auto",
                         help="auto: Paddle Inference + oneDNN on the CPU, dynamic graph on a GPU")
@@ -83,7 +86,7 @@ def main(args: argparse.Namespace):
     result = evaluate(
         predictor, dataset, args.output_dir, crops=args.crops, resize=args.resize, crop=args.crop,
         batch_size=args.batch_size, num_workers=args.num_workers, progress=not args.no_progress,
-        plot=not args.no_plot,
+        plot=not args.no_plot, processes=args.processes,
     )
     print(result.table())
     print(f"{len(result.names)} images in {result.seconds:.1f} s ({result.images_per_second:.2f} images/s); "

@@ -38,7 +38,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-PIPELINES = ("paddle-fast", "torch-reference", "paddle-dygraph")
+PIPELINES = ("paddle-fast", "torch-reference", "paddle-dygraph", "paddle-fast-mp")
+DEFAULT_PIPELINES = PIPELINES[:3]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -54,7 +55,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--micro-batch", "--micro_batch", type=int, default=None,
                         help="paddle-fast: crops per network call (default: eval.py's, 10 on a CPU; 0 = whole batch)")
     parser.add_argument("--threads", type=int, default=None, help="math threads (default: all cores)")
-    parser.add_argument("--pipelines", nargs="+", choices=PIPELINES, default=list(PIPELINES))
+    parser.add_argument("--pipelines", nargs="+", choices=PIPELINES, default=list(DEFAULT_PIPELINES),
+                        help="paddle-fast-mp: eval.py --processes CORES (one single-thread model per core)")
     parser.add_argument("--output", default=None, help="also write the results as JSON here")
     parser.add_argument("--worker", choices=PIPELINES, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--weights", default=None, help=argparse.SUPPRESS)
@@ -89,6 +91,18 @@ def run_paddle_fast(args, threads: int) -> dict:
     predictor = load_predictor(args.weights, "inference", "cpu", 224, args.cache_dir, threads, args.micro_batch)
     start = time.perf_counter()
     predict_dataset(predictor, dataset, "ten", 256, 224, args.batch_size, args.num_workers, progress=False)
+    return {"seconds": time.perf_counter() - start, "images": len(dataset)}
+
+
+def run_paddle_fast_mp(args, threads: int) -> dict:
+    from paddle_chexnet.data import ChestXray14Dataset
+    from paddle_chexnet.evaluate import predict_dataset_parallel
+    from paddle_chexnet.inference import load_predictor
+
+    dataset = ChestXray14Dataset(Path(args.data_dir) / "images", _image_list(args))
+    predictor = load_predictor(args.weights, "inference", "cpu", 224, args.cache_dir, threads, args.micro_batch)
+    start = time.perf_counter()  # includes starting the processes
+    predict_dataset_parallel(predictor, dataset, threads, "ten", 256, 224, args.batch_size, progress=False)
     return {"seconds": time.perf_counter() - start, "images": len(dataset)}
 
 
@@ -150,7 +164,7 @@ def worker(args) -> None:
     """One pipeline in this process; prints a JSON line with its timing and memory."""
     born = float(os.environ.get("BENCH_STARTED", time.time()))
     threads = args.threads or len(os.sched_getaffinity(0))
-    runner = {"paddle-fast": run_paddle_fast, "paddle-dygraph": run_paddle_dygraph,
+    runner = {"paddle-fast": run_paddle_fast, "paddle-dygraph": run_paddle_dygraph, "paddle-fast-mp": run_paddle_fast_mp,
               "torch-reference": run_torch_reference}[args.worker]
     before = time.time()
     result = runner(args, threads)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import io
 import itertools
 import json
@@ -35,7 +36,7 @@ from PIL import Image
 
 from .data import ChestXray14Dataset
 from .images import read_xray
-from .inference import Predictor, cpu_count
+from .inference import InferencePredictor, Predictor, cpu_count
 from .io_utils import atomic_path, atomic_write_text
 from .metrics import AUROC
 from .transforms import center_crop, normalize, resize_shorter_side, ten_crop
@@ -215,6 +216,67 @@ def predict_dataset(
     return probs
 
 
+_WORKER_PREDICTOR: Predictor | None = None
+
+
+def _init_inference_worker(spec: dict, reader: Callable[[Path], Image.Image]) -> None:
+    global _WORKER_PREDICTOR, _WORKER_READER
+    from .inference import InferencePredictor
+
+    _WORKER_READER = reader
+    _WORKER_PREDICTOR = InferencePredictor(**spec)
+
+
+def _predict_images(paths: Sequence[str], crops: str, resize: int, crop: int) -> np.ndarray:
+    """In a worker: decode, crop and predict a few images; their crop-averaged probabilities ``[n, C]``."""
+    batch = np.concatenate([_to_crops(_load_resized(p, resize), crops, crop) for p in paths])
+    k = 10 if crops == "ten" else 1
+    return _WORKER_PREDICTOR(batch).reshape(len(paths), k, -1).mean(axis=1)
+
+
+def predict_dataset_parallel(
+    predictor: InferencePredictor,
+    dataset: ChestXray14Dataset,
+    processes: int,
+    crops: str = "ten",
+    resize: int = 256,
+    crop: int = 224,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> np.ndarray:
+    """Like :func:`predict_dataset`, with ``processes`` copies of the exported model, each on its own images.
+
+    Each process decodes its batch and runs the network with ``num_threads // processes``
+    threads: on a small CPU, whole-image parallelism across processes wastes less time in
+    thread synchronisation than splitting each convolution across threads. The processes
+    are started with ``spawn`` (a fork of a process that has run oneDNN can hang).
+    """
+    from tqdm import tqdm
+
+    spec = {
+        "prefix": str(predictor.prefix),
+        "num_threads": max(1, predictor.num_threads // processes),
+        "micro_batch": predictor.micro_batch,
+        "class_names": predictor.class_names,
+    }
+    chunks = [[str(p) for p in dataset.paths[i:i + batch_size]] for i in range(0, len(dataset), batch_size)]
+    probs = np.zeros((len(dataset), len(predictor.class_names)), dtype=np.float32)
+    task = functools.partial(_predict_images, crops=crops, resize=resize, crop=crop)
+    pool = multiprocessing.get_context("spawn").Pool(processes, _init_inference_worker, (spec, dataset.reader))
+    try:
+        with tqdm(total=len(dataset), unit="img", desc=f"{crops}-crop x{processes}", disable=not progress,
+                  dynamic_ncols=True) as bar:
+            start = 0
+            for out in pool.imap(task, chunks):
+                probs[start:start + len(out)] = out
+                start += len(out)
+                bar.update(len(out))
+    finally:
+        pool.terminate()
+        pool.join()
+    return probs
+
+
 def evaluate(
     predictor: Predictor,
     dataset: ChestXray14Dataset,
@@ -226,6 +288,7 @@ def evaluate(
     num_workers: int | None = None,
     progress: bool = True,
     plot: bool = True,
+    processes: int = 1,
 ) -> EvalResult:
     """Evaluate ``predictor`` on ``dataset`` and (if ``output_dir``) write the results.
 
@@ -247,14 +310,22 @@ def evaluate(
             Default: None (:func:`default_num_workers`).
         progress (bool, optional): show a progress bar. Default: True.
         plot (bool, optional): write the ROC plot. Default: True.
+        processes (int, optional): with an :class:`~paddle_chexnet.inference.InferencePredictor`,
+            run this many copies of the model in parallel processes
+            (:func:`predict_dataset_parallel`; ``num_workers`` is then unused). Default: 1.
     """
+    if processes > 1 and not isinstance(predictor, InferencePredictor):
+        raise ValueError("processes > 1 needs the Paddle Inference backend (--backend inference)")
     if tuple(dataset.class_names) != tuple(predictor.class_names):
         raise ValueError(
             f"the labels' classes {list(dataset.class_names)} differ from the model's {list(predictor.class_names)}"
         )
     dataset.verify_images()
     started = time.perf_counter()
-    probs = predict_dataset(predictor, dataset, crops, resize, crop, batch_size, num_workers, progress)
+    if processes > 1:
+        probs = predict_dataset_parallel(predictor, dataset, processes, crops, resize, crop, batch_size, progress)
+    else:
+        probs = predict_dataset(predictor, dataset, crops, resize, crop, batch_size, num_workers, progress)
     seconds = time.perf_counter() - started
     metric = AUROC(class_names=dataset.class_names, gather=False)
     metric.update(probs, dataset.labels)

@@ -17,7 +17,7 @@ from paddle_chexnet.data import ChestXray14Dataset, read_label_list
 from paddle_chexnet.densenet import DenseNet, chexnet
 from paddle_chexnet.evaluate import evaluate, iterate_batches
 from paddle_chexnet.images import read_xray
-from paddle_chexnet.inference import DygraphPredictor
+from paddle_chexnet.inference import DygraphPredictor, InferencePredictor
 from paddle_chexnet.io_utils import atomic_paddle_save
 from paddle_chexnet.labels import CLASS_NAMES
 from paddle_chexnet.transforms import EvalTransform
@@ -116,6 +116,21 @@ def test_evaluate_tiny_writes_outputs(tmp_path):
     with Image.open(out / "roc_curves.png") as png:
         assert png.format == "PNG" and png.size[0] > 500
     assert "The average AUROC is" in result.table() and "Hernia" in result.table()
+
+
+def test_parallel_processes_match_single_process(tmp_path):
+    images, labels = _make_dataset(tmp_path, n=7, nested=False)
+    ds = ChestXray14Dataset(images, labels)
+    net = _tiny(1)
+    fast = InferencePredictor.from_network(net, tmp_path / "export", crop=32, num_threads=2)
+    common = dict(crops="ten", resize=40, crop=32, batch_size=2, progress=False, plot=False)
+    one = evaluate(fast, ds, num_workers=0, **common)
+    two = evaluate(fast, ds, processes=2, **common)
+    np.testing.assert_allclose(two.probs, one.probs, rtol=0, atol=1e-6)
+    slow = evaluate(DygraphPredictor(net), ds, num_workers=0, **common)
+    np.testing.assert_allclose(one.probs, slow.probs, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="needs the Paddle Inference backend"):
+        evaluate(DygraphPredictor(net), ds, processes=2, **common)
 
 
 def test_evaluate_one_valued_class_nan(tmp_path):
