@@ -56,7 +56,7 @@ CLASS_WEIGHTS: np.ndarray = np.maximum(np.sqrt(_NIH_PREVALENCE), 1.5) / np.maxim
     np.sqrt(_NIH_PREVALENCE), 1.5
 ).sum()
 # P(0, 1, 2, 3 findings on one image).
-NUM_FINDINGS_P: tuple[float, ...] = (0.15, 0.35, 0.30, 0.20)
+NUM_FINDINGS_P: tuple[float, ...] = (0.10, 0.30, 0.35, 0.25)
 # Lesion side as a fraction of the image side.
 LESION_SIZE_RANGE: tuple[float, float] = (0.22, 0.32)
 
@@ -456,7 +456,7 @@ def make_dataset(
     num_images: int = 600,
     image_size: int = 128,
     seed: int = 0,
-    val_fraction: float = 0.15,
+    val_fraction: float = 0.2,
     test_fraction: float = 0.15,
     workers: int | None = None,
 ) -> SyntheticDataset:
@@ -468,7 +468,7 @@ def make_dataset(
         num_images (int, optional): number of images. Default: 600.
         image_size (int, optional): side of the square PNGs in pixels. Default: 128.
         seed (int, optional): the same seed gives byte-identical files. Default: 0.
-        val_fraction (float, optional): share of images (whole patients) for validation. Default: 0.15.
+        val_fraction (float, optional): share of images (whole patients) for validation. Default: 0.2.
         test_fraction (float, optional): share of images (whole patients) for testing. Default: 0.15.
         workers (int, optional): threads that draw and write images; ``None`` uses
             ``min(4, os.cpu_count())``. Does not change the output. Default: None.

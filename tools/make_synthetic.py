@@ -33,7 +33,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-size", "--image_size", type=int, default=128,
                         help="side of the square PNG images in pixels")
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files")
-    parser.add_argument("--val-fraction", "--val_fraction", type=float, default=0.15,
+    parser.add_argument("--val-fraction", "--val_fraction", type=float, default=0.2,
                         help="share of images (whole patients) in the validation list")
     parser.add_argument("--test-fraction", "--test_fraction", type=float, default=0.15,
                         help="share of images (whole patients) in the test list")
