@@ -55,7 +55,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=8,
                         help="images per forward pass in the parity run")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    parser.add_argument("--workdir", type=Path, default=None, help="where to write the checkpoint (default: a temp dir)")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="where to write the checkpoint (default: a temp dir)")
     return parser
 
 

@@ -230,7 +230,9 @@ def _own_names(state: Mapping[str, object]) -> dict[str, np.ndarray]:
     return out
 
 
-def _strict_check(expected: Mapping[str, tuple[int, ...]], state: Mapping[str, np.ndarray], source: str, fmt: str) -> None:
+def _strict_check(
+    expected: Mapping[str, tuple[int, ...]], state: Mapping[str, np.ndarray], source: str, fmt: str
+) -> None:
     report = mismatch_report(expected, state)
     if report:
         raise StateDictMismatchError(

@@ -118,10 +118,11 @@ class VerifyResult:
                 lines.append(
                     f"  {name:<{width}}  {a:>9.6f}  {b:>10.6f}  {d:>9.2e}  {self.image_max_diff[i]:>14.2e}"
                 )
+            defined = self.auroc_diff[~np.isnan(self.auroc_diff)]
+            worst_auroc = float(np.max(defined)) if defined.size else float("nan")
             lines.append(
                 f"  max |prob diff| = {float(np.max(self.image_max_diff)):.3g} (bound {self.bounds['prob']:g}), "
-                f"max |AUROC diff| = {float(np.nanmax(self.auroc_diff)) if np.any(~np.isnan(self.auroc_diff)) else float('nan'):.3g} "
-                f"(bound {self.bounds['auroc']:g})"
+                f"max |AUROC diff| = {worst_auroc:.3g} over {defined.size} classes (bound {self.bounds['auroc']:g})"
             )
         failures = self.failures()
         lines.append("PASSED: the converted model matches the reference" if not failures else "FAILED:")
@@ -158,9 +159,14 @@ def torchvision_reference(state: Mapping[str, np.ndarray]):
     Raises:
         RuntimeError: from torch's strict ``load_state_dict`` when keys or shapes do not fit.
     """
-    import torch
-    import torchvision
-    from torchvision.models import densenet as tv_densenet
+    try:
+        import torch
+        import torchvision
+        from torchvision.models import densenet as tv_densenet
+    except ImportError as exc:
+        from .torch_checkpoint import TORCH_INSTALL_HINT
+
+        raise ImportError(f"--verify of a PyTorch checkpoint needs torchvision: {TORCH_INSTALL_HINT}") from exc
 
     weights = {k: torch.from_numpy(np.array(v)) for k, v in _reference_keys(state).items()}
     head = "classifier.0.weight" if "classifier.0.weight" in weights else "classifier.weight"
@@ -173,7 +179,9 @@ def torchvision_reference(state: Mapping[str, np.ndarray]):
     else:  # torchvision moved its private helper: fall back to its documented regex, inline
         import re
 
-        pattern = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+        pattern = re.compile(
+            r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+        )
         renamed = {}
         for key, value in weights.items():
             match = pattern.match(key)

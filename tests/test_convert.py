@@ -175,7 +175,8 @@ def test_tiny_torch_conversion_gives_the_same_logits(layout):
 def test_missing_key_is_refused_and_named():
     state = _tiny_torch().state_dict()
     del state["features.denseblock2.denselayer1.conv1.weight"]
-    with pytest.raises(StateDictMismatchError, match=r"1 missing keys:\n    features\.denseblock2\.denselayer1\.conv1\.weight"):
+    expected = r"1 missing keys:\n    features\.denseblock2\.denselayer1\.conv1\.weight"
+    with pytest.raises(StateDictMismatchError, match=expected):
         torch_to_paddle(state, model=_tiny_paddle(), source="cut.pth")
 
 
@@ -420,7 +421,8 @@ def test_default_output_names():
     tool = _load_tool()
     assert tool.default_output(Path("x/model.pth.tar")) == Path("pretrained_models/model.pdparams")
     assert tool.default_output(Path("checkpoint")) == Path("pretrained_models/checkpoint.pdparams")
-    assert tool.default_output(Path("densenet121-a639ec97.pth")) == Path("pretrained_models/densenet121-a639ec97.pdparams")
+    imagenet = tool.default_output(Path("densenet121-a639ec97.pth"))
+    assert imagenet == Path("pretrained_models/densenet121-a639ec97.pdparams")
     args = tool.get_args_parser().parse_args(["m.pth", "--num_classes", "3", "--trust_pickle", "--head", "resize"])
     assert args.num_classes == 3 and args.trust_pickle and args.head == "resize"
 

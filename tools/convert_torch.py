@@ -75,7 +75,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def default_output(src: Path) -> Path:
-    """``pretrained_models/<stem>.pdparams``: ``model.pth.tar`` -> ``model.pdparams``, ``checkpoint`` -> ``checkpoint.pdparams``."""
+    """``pretrained_models/<stem>.pdparams``.
+
+    ``model.pth.tar`` -> ``model.pdparams``; ``checkpoint`` -> ``checkpoint.pdparams``.
+    """
     name = src.name
     for suffix in (".tar", ".pth", ".pt", ".pdparams", ".pkl", ".bin"):
         if name.endswith(suffix) and len(name) > len(suffix):
@@ -138,7 +141,7 @@ def main(args: argparse.Namespace) -> int:
         conversion = convert_state_dict(
             checkpoint.state, head=args.head, num_classes=args.num_classes, source=str(args.src)
         )
-    except (FileNotFoundError, CheckpointReadError, StateDictMismatchError, ValueError) as exc:
+    except (FileNotFoundError, ImportError, CheckpointReadError, StateDictMismatchError, ValueError) as exc:
         LOG.error("error: %s", exc)
         return 2
     atomic_paddle_save(conversion.state, output)
@@ -165,7 +168,7 @@ def main(args: argparse.Namespace) -> int:
     if args.verify:
         try:
             passed = run_verify(args, conversion.format, checkpoint.state, conversion.state)
-        except ValueError as exc:  # VerifyError, label list errors
+        except (ValueError, ImportError, FileNotFoundError) as exc:  # VerifyError, label lists, no torchvision
             LOG.error("error: %s", exc)
             return 2
         return 0 if passed else 1
