@@ -8,6 +8,10 @@ they fill the gaps rather than slow the network) and sends back only the
 small resized 8-bit image; the main process normalises and crops it (a few
 milliseconds) into one batch of ``B * 10`` crops for the predictor, and
 averages the ten probabilities of each image, as CheXNet's reference does.
+On the CPU the predictor runs that batch in cache-sized slices of 10 crops
+(see :class:`~paddle_chexnet.inference.Predictor`). ``processes > 1`` instead
+runs several single-thread copies of the exported model, each decoding and
+predicting its own images (:func:`predict_dataset_parallel`).
 
 The arithmetic is exactly :class:`~paddle_chexnet.transforms.EvalTransform`'s
 (same functions, same order), which is bit-identical to torchvision's.
