@@ -80,6 +80,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     optim.add_argument("--max-steps-per-epoch", "--max_steps_per_epoch", dest="max_steps_per_epoch", type=int,
                        default=None, help="cut epochs short (demos, smoke tests)")
     optim.add_argument("--amp", action="store_true", help="mixed precision (GPU only)")
+    optim.add_argument("--to-static", "--to_static", dest="to_static", action="store_true",
+                       help="compile the network to a static graph (paddle.jit.to_static)")
 
     run = parser.add_argument_group("run")
     run.add_argument("--output-dir", "--output_dir", dest="output_dir", default=d.output_dir,

@@ -105,6 +105,8 @@ class TrainConfig:
             stopping; 0 disables. Default: 3.
         max_steps_per_epoch (int, optional): cut epochs short (demos). Default: None.
         amp (bool): mixed precision (GPU only). Default: False.
+        to_static (bool): run the network as a static graph (``paddle.jit.to_static``); same
+            weights and checkpoints, see BENCHMARKS.md for the speed. Default: False.
 
     Run:
         output_dir (str): checkpoints go to OUTPUT_DIR/RUN_NAME. Default: 'outputs'.
@@ -140,6 +142,7 @@ class TrainConfig:
     early_stopping_patience: int = 3
     max_steps_per_epoch: int | None = None
     amp: bool = False
+    to_static: bool = False
     output_dir: str = "outputs"
     log_dir: str = "logs"
     run_name: str = "chexnet"
@@ -341,6 +344,18 @@ class _Truncated(paddle.io.BatchSampler):
         return min(len(self.sampler), self.max_batches)
 
 
+def build_model(net: DenseNet, config: TrainConfig, num_classes: int) -> paddle.Model:
+    """``paddle.Model(net)``; with ``config.to_static`` the network's forward is compiled to a static graph.
+
+    A compiled forward hides its Python signature, so the model then gets explicit input specs.
+    """
+    if not config.to_static:
+        return paddle.Model(net)
+    inputs = [paddle.static.InputSpec([None, 3, config.crop, config.crop], "float32", "image")]
+    labels = [paddle.static.InputSpec([None, num_classes], "float32", "labels")]
+    return paddle.Model(paddle.jit.to_static(net, full_graph=True), inputs, labels)
+
+
 def build_callbacks(
     config: TrainConfig,
     state: RunState,
@@ -429,7 +444,7 @@ def run_training(config: TrainConfig) -> TrainResult:
     # paddle.Model gathers every process's validation outputs before the metrics see them
     auroc = ValidationOnly(AUROC(class_names=class_names, gather=False))
     mean_loss = ValidationOnly(MeanLoss(loss_fn))
-    model = paddle.Model(net)
+    model = build_model(net, config, len(class_names))
     model.prepare(optimizer=optimizer, loss=loss_fn, metrics=[auroc, mean_loss],
                   amp_configs="O1" if config.amp else None)
 

@@ -93,6 +93,17 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(data_dir: Path, t
         assert [r["lr"] for r in full.history] == pytest.approx([5e-3, 5e-4, 5e-4])
 
 
+def test_static_graph_training_matches_eager(data_dir: Path, tmp_path: Path) -> None:
+    eager = run_training(tiny_config(data_dir, tmp_path / "eager", epochs=2))
+    static = run_training(tiny_config(data_dir, tmp_path / "static", epochs=2, to_static=True))
+    pe, ps = read_params(eager.last_checkpoint), read_params(static.last_checkpoint)
+    assert pe.keys() == ps.keys()
+    for key in pe:
+        np.testing.assert_allclose(ps[key], pe[key], rtol=0, atol=1e-4, err_msg=key)
+    for row_e, row_s in zip(eager.history, static.history):
+        assert row_s["val_loss"] == pytest.approx(row_e["val_loss"], rel=1e-4)
+
+
 def test_data_order_and_augmentation_do_not_depend_on_workers(data_dir: Path, tmp_path: Path) -> None:
     a = run_training(tiny_config(data_dir, tmp_path / "w0", epochs=1, num_workers=0))
     b = run_training(tiny_config(data_dir, tmp_path / "w2", epochs=1, num_workers=2))
