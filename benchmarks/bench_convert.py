@@ -163,7 +163,9 @@ def main(args: argparse.Namespace) -> int:
     conversion = convert_state_dict(checkpoint.state, source=str(src))
     t0 = time.perf_counter()
     result = verify_conversion(conversion.format, checkpoint.state, conversion.state, paths, labels.labels,
-                               batch_size=args.batch_size)
+                               batch_size=args.batch_size,
+                               progress=lambda done, total: print(f"parity: {done}/{total} images",
+                                                                  file=sys.stderr, flush=True))
     parity_seconds = time.perf_counter() - t0
     load_after = os.getloadavg()
 
