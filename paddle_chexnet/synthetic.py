@@ -52,9 +52,8 @@ _NIH_BBOX_SPELLING = {"Infiltration": "Infiltrate"}
 _NIH_PREVALENCE = np.array(
     [10.3, 2.5, 11.9, 17.7, 5.2, 5.6, 1.3, 4.7, 4.2, 2.1, 2.2, 1.5, 3.0, 0.2]
 )
-CLASS_WEIGHTS: np.ndarray = np.maximum(np.sqrt(_NIH_PREVALENCE), 1.5) / np.maximum(
-    np.sqrt(_NIH_PREVALENCE), 1.5
-).sum()
+_FLOORED = np.maximum(np.sqrt(_NIH_PREVALENCE), 1.5)
+CLASS_WEIGHTS: np.ndarray = _FLOORED / _FLOORED.sum()
 # P(0, 1, 2, 3 findings on one image).
 NUM_FINDINGS_P: tuple[float, ...] = (0.10, 0.30, 0.35, 0.25)
 # Lesion side as a fraction of the image side.
@@ -72,8 +71,9 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 class LesionBox:
     """One drawn lesion: its finding and its box in the saved image's pixels.
 
-    ``x, y`` is the top-left pixel, ``w, h`` the size: the lesion's pixels are
-    exactly ``image[y:y + h, x:x + w]`` (and some background in the corners).
+    ``x, y`` is the top-left pixel, ``w, h`` the size: ``image[y:y + h, x:x + w]``
+    is the tight box of the drawn pattern (the final slight blur spreads it by a
+    pixel or two).
     """
 
     finding: str
