@@ -157,3 +157,50 @@ def test_atomic_helpers_used_for_every_file(tmp_path: Path, monkeypatch) -> None
     net, opt = trained(1)
     save_checkpoint(tmp_path, "best", net, opt, {"epoch": 0})
     assert written == ["best.pdparams", "best.pdopt", "best.json"]  # the JSON, with the digests, last
+
+
+_SAVER = r"""
+import sys
+import paddle
+from paddle_chexnet.checkpoint import save_checkpoint
+from paddle_chexnet.densenet import DenseNet
+from paddle_chexnet.optim import build_optimizer, build_scheduler
+
+net = DenseNet(growth_rate=4, block_config=(1, 2), num_init_features=8, bn_size=2, num_classes=3)
+opt = build_optimizer("adam", net.parameters(), build_scheduler("constant", 1e-3))
+for epoch in range(10**6):
+    for value in net.state_dict().values():
+        value.set_value(paddle.full(value.shape, float(epoch), dtype=value.dtype))
+    save_checkpoint(sys.argv[1], "last", net, opt, {"epoch": epoch})
+    if epoch % 2 == 0:
+        save_checkpoint(sys.argv[1], "best", net, opt, {"epoch": epoch})
+    print(epoch, flush=True)
+"""
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.21, 0.37])
+def test_killed_at_any_moment_a_consistent_checkpoint_remains(tmp_path: Path, delay: float) -> None:
+    """SIGKILL a process that saves checkpoints in a loop; what is left must load and agree with its JSON."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    repo = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(repo), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-c", _SAVER, str(tmp_path)], stdout=subprocess.PIPE, env=env, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "0"  # one full save done
+        time.sleep(delay)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    name = find_resumable(tmp_path)
+    assert name in ("last", "best")
+    net = tiny_net()
+    meta = load_checkpoint(tmp_path, name, net, build_optimizer("adam", net.parameters(),
+                                                                build_scheduler("constant", 1e-3)))
+    for key, value in net.state_dict().items():  # the weights belong to the epoch the JSON names
+        np.testing.assert_array_equal(value.numpy(), np.full(value.shape, meta["epoch"], dtype="float32"), err_msg=key)
