@@ -28,6 +28,8 @@ import json
 import os
 import platform
 import resource
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -223,6 +225,7 @@ def main(args: argparse.Namespace) -> dict:
             print(f"round {round_no + 1} {pipeline:<16} {result['images_per_second']:6.3f} img/s  "
                   f"({result['images']} images in {result['seconds']:.1f} s; peak RSS {result['peak_rss_mb']:.0f} MB "
                   f"+ loaders {result['peak_loader_rss_mb']:.0f} MB)", flush=True)
+    shutil.rmtree(work, ignore_errors=True)
     summary = summarize(runs, args, export_seconds)
     print(format_summary(summary))
     if args.output:
@@ -232,7 +235,7 @@ def main(args: argparse.Namespace) -> dict:
 
 def summarize(runs: dict[str, list[dict]], args, export_seconds: float) -> dict:
     best = {p: max(r["images_per_second"] for r in rs) for p, rs in runs.items()}
-    median = {p: sorted(r["images_per_second"] for r in rs)[len(rs) // 2] for p, rs in runs.items()}
+    median = {p: statistics.median(r["images_per_second"] for r in rs) for p, rs in runs.items()}
     summary = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": {"nproc": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)), "cpu": _cpu_model(),
