@@ -23,17 +23,24 @@ from paddle_chexnet.inference import MISSING_WEIGHTS_HELP, load_predictor
 logger = logging.getLogger("eval")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults, except ``None`` ones whose help already says what happens."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Per-finding AUROC of a CheXNet on ChestX-ray14 (ten-crop by default).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--weights", default="pretrained_models/chexnet.pdparams",
                         help="CheXNet .pdparams (from tools/convert_torch.py or train.py)")
     parser.add_argument("--data-dir", "--data_dir", default="ChestX-ray14",
                         help="dataset folder; images under DIR/images (flat or NIH's images_0NN/images/)")
     parser.add_argument("--image-dir", "--image_dir", default=None,
-                        help="image folder, if not DATA_DIR/images")
+                        help="image folder (default: DATA_DIR/images)")
     parser.add_argument("--label-list", "--label_list", default=None,
                         help="label list '<image> <14 values>' (default: DATA_DIR/labels/test_list.txt)")
     parser.add_argument("--output-dir", "--output_dir", default="outputs/eval", help="where results are written")
