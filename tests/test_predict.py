@@ -181,6 +181,9 @@ def test_localize_eval_end_to_end(tiny_weights, tmp_path):
     assert (out / "localization.csv").read_text().startswith("finding,n,acc_iou@0.1,acc_iou@0.5,afp_iou@0.1")
     detected = read_localization_txt(out / "bounding_box.txt")
     assert set(detected) == {"p1.png", "p2.png"}
+    (tmp_path / "test_list.txt").write_text("p2.png " + " ".join(["0"] * 14) + "\n")
+    only = tool.main(tool.get_args_parser().parse_args(base + ["--image-list", str(tmp_path / "test_list.txt")]))
+    assert list(only.rows) == ["Mass", "Mean"] and only.rows["Mass"]["n"] == 1
     assert {b.finding for b in detected["p1.png"]} == {"Infiltration"}  # the boxed finding only
     assert {b.finding for b in detected["p2.png"]} == {"Mass"}
 

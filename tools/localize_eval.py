@@ -60,6 +60,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         default=IOU_THRESHOLDS, help="T(IoU) values, comma-separated")
     parser.add_argument("--iobb-thresholds", "--iobb_thresholds", dest="iobb_thresholds", type=_floats,
                         default=IOBB_THRESHOLDS, help="T(IoBB) values, comma-separated")
+    parser.add_argument("--image-list", "--image_list", dest="image_list", type=Path, default=None,
+                        help="evaluate only the images named in the first column of this file (a CheXNet label "
+                             "list such as labels/test_list.txt, or NIH's test_list.txt)")
     parser.add_argument("--skip-missing", "--skip_missing", dest="skip_missing", action="store_true",
                         help="evaluate the boxed images that are present instead of stopping at missing ones")
     parser.add_argument("--output-dir", "--output_dir", dest="output_dir", type=Path, default=None,
@@ -80,6 +83,13 @@ def main(args: argparse.Namespace):
     if args.layer is not None and args.method == "cam":
         raise ValueError("--layer applies to --cam gradcam and gradcampp; CAM uses the last feature map")
     truths = read_bbox_csv(args.bbox_csv)
+    if args.image_list is not None:
+        if not args.image_list.is_file():
+            raise FileNotFoundError(f"--image-list {args.image_list}: no such file")
+        lines = args.image_list.read_text(encoding="utf-8-sig").splitlines()
+        keep = {line.split()[0] for line in lines if line.split()}
+        truths = {name: boxes for name, boxes in truths.items() if name in keep}
+        logger.info("%d boxed images are in %s", len(truths), args.image_list)
     images = index_images(args.data_dir)
     missing = [name for name in truths if name not in images]
     if missing and args.skip_missing:
