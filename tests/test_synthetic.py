@@ -201,3 +201,10 @@ def test_command_line_writes_the_set(tmp_path):
     assert len(list((out / "images").glob("*.png"))) == 12
     assert (out / "labels" / "train_list.txt").is_file() and (out / "BBox_List_2017.csv").is_file()
     assert "wrote 12 images" in completed.stdout + completed.stderr
+    bad = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "tools" / "make_synthetic.py"), "--output-dir", str(out),
+         "--val-fraction", "0.7", "--test-fraction", "0.5"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert bad.returncode == 1
+    assert "val_fraction (0.7)" in bad.stderr and "Traceback" not in bad.stderr

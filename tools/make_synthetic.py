@@ -65,4 +65,8 @@ def main(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    sys.exit(main(get_args_parser().parse_args()))
+    try:
+        sys.exit(main(get_args_parser().parse_args()))
+    except (ValueError, OSError) as exc:  # bad sizes or fractions, unwritable folder: the message says which
+        LOGGER.error("%s: %s", type(exc).__name__, exc)
+        sys.exit(1)
