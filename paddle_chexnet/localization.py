@@ -33,7 +33,7 @@ from PIL import Image
 from .boxes import Box, InputGeometry, boxes_from_heatmap, upsample_heatmap
 from .cam import compute_heatmaps
 from .densenet import DenseNet
-from .images import DICOM_SUFFIXES, read_xray
+from .images import DICOM_SUFFIXES, ImageReadError, read_xray
 from .io_utils import atomic_write_text
 from .labels import CLASS_NAMES, canonical_label
 from .transforms import center_crop, normalize, resize_shorter_side
@@ -282,6 +282,7 @@ def iter_heatmaps(
     batch_size: int = 8,
     layer: str | None = None,
     progress: Callable[[int], None] | None = None,
+    on_error: Callable[[Path, Exception], None] | None = None,
 ) -> Iterator[ImageHeatmaps]:
     """Heatmaps of every class for image files, in batches, in the order of ``paths``.
 
@@ -290,10 +291,20 @@ def iter_heatmaps(
 
     Args:
         progress (Callable[[int], None], optional): called with the number of images done after each batch.
+        on_error (Callable[[Path, Exception], None], optional): called for a file that cannot be
+            read, which is then skipped; None raises the error. Default: None.
     """
     for start in range(0, len(paths), batch_size):
-        chunk = paths[start:start + batch_size]
-        images = [read_xray(p) for p in chunk]
+        chunk, images = [], []
+        for path in paths[start:start + batch_size]:
+            try:
+                images.append(read_xray(path))
+            except ImageReadError as exc:
+                if on_error is None:
+                    raise
+                on_error(path, exc)
+                continue
+            chunk.append(path)
         prepared = [prepare_input(image, resize, crop) for image in images]
         results: list[ImageHeatmaps | None] = [None] * len(chunk)
         by_shape: dict[tuple[int, ...], list[int]] = {}
@@ -305,7 +316,7 @@ def iter_heatmaps(
             for j, i in enumerate(indices):
                 results[i] = ImageHeatmaps(chunk[i], images[i], prepared[i][1], out.probabilities[j], out.maps[j])
         if progress is not None:
-            progress(len(chunk))
+            progress(len(paths[start:start + batch_size]))
         yield from results
 
 
@@ -368,6 +379,8 @@ class PredictOptions:
         layer (str | None): layer for the gradient methods.
         overlays (bool): write heatmap PNGs.
         alpha (float): weight of the heatmap colours in the overlays.
+        skip_unreadable (bool): log and skip files that cannot be read (a DICOM
+            report without pixels, a truncated PNG) instead of stopping.
     """
 
     method: str = "cam"
@@ -381,6 +394,7 @@ class PredictOptions:
     layer: str | None = None
     overlays: bool = True
     alpha: float = 0.4
+    skip_unreadable: bool = False
 
 
 @dataclass
@@ -391,6 +405,7 @@ class PredictResult:
     boxes: dict[str, list[Box]]
     files: dict[str, Path]
     overlays: list[Path]
+    skipped: list[Path] = field(default_factory=list)
 
 
 METHOD_TITLES = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++"}
@@ -437,9 +452,16 @@ def predict(
     predictions: list[tuple[str, np.ndarray]] = []
     all_boxes: dict[str, list[Box]] = {}
     overlays: list[Path] = []
+    skipped: list[Path] = []
+
+    def skip(path: Path, exc: Exception) -> None:
+        logger.warning("skipped %s: %s", path, exc)
+        skipped.append(path)
+
     try:
         for item in iter_heatmaps(net, paths, options.method, options.resize, options.crop, options.batch_size,
-                                  options.layer, progress=bar.update if bar else None):
+                                  options.layer, progress=bar.update if bar else None,
+                                  on_error=skip if options.skip_unreadable else None):
             name = display_name(item.path, source)
             predictions.append((name, item.probabilities))
             image_boxes: list[Box] = []
@@ -466,7 +488,7 @@ def predict(
     atomic_write_text(files["predictions_txt"], format_prediction_table(predictions, class_names, options.thresholds))
     write_boxes_csv(files["boxes_csv"], all_boxes)
     write_localization_txt(files["boxes_txt"], all_boxes)
-    return PredictResult(predictions, all_boxes, files, overlays)
+    return PredictResult(predictions, all_boxes, files, overlays, skipped)
 
 
 # ---------------------------------------------------------------------------------------------

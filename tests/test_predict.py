@@ -238,3 +238,20 @@ def test_overlay_colours_boxes_label_and_scale(tmp_path):
     path = save_png(big, tmp_path / "x" / "o.png")
     with Image.open(path) as saved:
         np.testing.assert_array_equal(np.asarray(saved), np.asarray(big))
+
+
+def test_unreadable_file_stops_the_run_or_is_skipped(tiny_weights, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(np.zeros((64, 64), dtype=np.uint8), "L").save(folder / "good.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    predict = load_tool("predict")
+    base = [str(folder), "--weights", str(tiny_weights), "--threshold", "1", "--quiet"]
+    from paddle_chexnet.images import ImageReadError
+
+    with pytest.raises(ImageReadError, match="broken.png"):
+        predict.main(predict.get_args_parser().parse_args(base + ["--output-dir", str(tmp_path / "a")]))
+    result = predict.main(predict.get_args_parser().parse_args(
+        base + ["--output-dir", str(tmp_path / "b"), "--skip-unreadable"]))
+    assert [name for name, _ in result.predictions] == ["good.png"]
+    assert result.skipped == [folder / "broken.png"]

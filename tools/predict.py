@@ -54,6 +54,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--alpha", type=float, default=0.4, help="weight of the heatmap colours in overlays")
     parser.add_argument("--no-overlays", "--no_overlays", dest="no_overlays", action="store_true",
                         help="write no heatmap PNGs (probabilities and boxes only)")
+    parser.add_argument("--skip-unreadable", "--skip_unreadable", dest="skip_unreadable", action="store_true",
+                        help="log and skip files that cannot be read (e.g. DICOM reports without pixels) "
+                             "instead of stopping at the first")
     parser.add_argument("--device", default="auto", help="auto, cpu, gpu or gpu:N")
     parser.add_argument("--quiet", action="store_true", help="do not print the table of probabilities")
     return parser
@@ -85,6 +88,7 @@ def main(args: argparse.Namespace):
         layer=args.layer,
         overlays=not args.no_overlays,
         alpha=args.alpha,
+        skip_unreadable=args.skip_unreadable,
     )
     logger.info("weights %s on %s, %s heatmaps", args.weights, device, args.method)
     result = predict(net, args.input, args.output_dir, options,
@@ -93,6 +97,9 @@ def main(args: argparse.Namespace):
         print(result.files["predictions_txt"].read_text(encoding="utf-8"), end="")
     logger.info("%d image(s), %d overlay(s), %d box(es); results in %s", len(result.predictions),
                 len(result.overlays), sum(len(b) for b in result.boxes.values()), args.output_dir)
+    if result.skipped:
+        logger.warning("%d unreadable file(s) skipped: %s", len(result.skipped),
+                       ", ".join(str(p) for p in result.skipped[:5]))
     return result
 
 
