@@ -28,6 +28,7 @@ import logging
 import math
 import multiprocessing
 import os
+import signal
 import sys
 import time
 from collections import deque
@@ -113,6 +114,10 @@ def _init_worker(reader: Callable[[Path], Image.Image], niceness: int) -> None:
     global _WORKER_READER
     _WORKER_READER = reader
     os.environ["OMP_NUM_THREADS"] = "1"
+    # A forked worker inherits Paddle's fatal-signal handler, which prints a
+    # "FatalError: Termination signal" report when the pool is terminated at the
+    # end of a normal run. A loader worker being stopped is not an error.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if niceness and hasattr(os, "nice"):
         try:
             os.nice(niceness)  # the network is the bottleneck: let it have the cores first
@@ -229,6 +234,7 @@ def _init_inference_worker(spec: dict, reader: Callable[[Path], Image.Image]) ->
 
     _WORKER_READER = reader
     _WORKER_PREDICTOR = InferencePredictor(**spec)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # as in _init_worker: terminating the pool is not an error
 
 
 def _predict_images(paths: Sequence[str], crops: str, resize: int, crop: int) -> np.ndarray:

@@ -285,3 +285,18 @@ def test_make_label_lists_real_meta(tmp_path, meta_dir):
     written = make_label_lists.main(args)
     sizes = {k: len(read_label_list(v)) for k, v in written.items()}
     assert sizes["test"] == 25596 and sizes["train"] + sizes["val"] == 86524
+
+
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_eval_script_exits_cleanly_with_worker_processes(tmp_path, weights, processes):
+    """Stopping the loader/inference worker processes at the end of a run prints no Paddle fatal-signal report."""
+    import subprocess
+
+    _make_dataset(tmp_path / "d", n=4, nested=False)
+    proc = subprocess.run([sys.executable, str(REPO / "eval.py"), "--data-dir", str(tmp_path / "d"),
+                           "--weights", str(weights), "--resize", "40", "--crop", "32", "--crops", "center",
+                           "--num-workers", "1", "--processes", processes, "--no-progress", "--no-plot",
+                           "--output-dir", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "FatalError" not in proc.stderr and "SIGTERM" not in proc.stderr
