@@ -24,7 +24,6 @@ import argparse
 import datetime
 import importlib.util
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -41,6 +40,8 @@ import numpy as np  # noqa: E402
 from paddle_chexnet.data import index_images, read_label_list  # noqa: E402
 from paddle_chexnet.images import read_xray  # noqa: E402
 from paddle_chexnet.transforms import EvalTransform  # noqa: E402
+
+from machine_info import cpu_model  # benchmarks/machine_info.py (run as scripts from any folder)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -122,16 +123,6 @@ def time_processes(src: Path, out: Path, repeats: int) -> tuple[list[float], lis
         reference.append(_timed(lambda: subprocess.run(reference_cmd, check=True, env=env, capture_output=True)))
         convert.append(_timed(lambda: subprocess.run(convert_cmd, check=True, env=env, capture_output=True)))
     return reference, convert
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main(args: argparse.Namespace) -> int:

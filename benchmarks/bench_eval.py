@@ -37,6 +37,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from machine_info import cpu_model  # benchmarks/machine_info.py (run as scripts from any folder)
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -238,7 +240,7 @@ def summarize(runs: dict[str, list[dict]], args, export_seconds: float) -> dict:
     median = {p: statistics.median(r["images_per_second"] for r in rs) for p, rs in runs.items()}
     summary = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": {"nproc": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)), "cpu": _cpu_model(),
+        "machine": {"nproc": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)), "cpu": cpu_model(),
                     "python": platform.python_version()},
         "images": runs[next(iter(runs))][0]["images"],
         "batch_size": args.batch_size, "num_workers": args.num_workers, "rounds": args.rounds,
@@ -254,16 +256,6 @@ def summarize(runs: dict[str, list[dict]], args, export_seconds: float) -> dict:
         summary["speedup_best"] = {p: best["paddle-fast"] / v for p, v in best.items() if p != "paddle-fast"}
         summary["speedup_median"] = {p: median["paddle-fast"] / v for p, v in median.items() if p != "paddle-fast"}
     return summary
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def format_summary(summary: dict) -> str:

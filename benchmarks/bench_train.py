@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,8 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from machine_info import cpu_model  # benchmarks/machine_info.py (run as scripts from any folder)
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("torch", "paddle_eager", "paddle_static", "paddle_eager_onednn", "paddle_static_onednn",
@@ -206,16 +207,6 @@ def _read(proc: subprocess.Popen, variant: str) -> dict:
         line = line.strip()
         if line.startswith("{"):
             return json.loads(line)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main(args: argparse.Namespace) -> dict:
