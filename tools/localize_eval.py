@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from paddle_chexnet.boxes import IOBB_THRESHOLDS, IOU_THRESHOLDS  # noqa: E402
 from paddle_chexnet.cam import METHODS  # noqa: E402
+from paddle_chexnet.localization import add_heatmap_box_arguments  # noqa: E402
 
 logger = logging.getLogger("localize_eval")
 
@@ -45,15 +46,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", "--data_dir", dest="data_dir", type=Path, required=True,
                         help="folder holding the images (flat or NIH's images_0NN/images/ layout)")
     parser.add_argument("--cam", "--method", dest="method", choices=METHODS, default="cam", help="heatmap method")
-    parser.add_argument("--box-threshold", "--box_threshold", dest="box_threshold", type=float, default=0.5,
-                        help="heatmap threshold as a fraction of the map's maximum")
-    parser.add_argument("--max-boxes", "--max_boxes", dest="max_boxes", type=int, default=None,
-                        help="keep at most this many boxes per finding and image")
-    parser.add_argument("--min-box-area", "--min_box_area", dest="min_box_area", type=float, default=0.0,
-                        help="drop boxes smaller than this fraction of the image area")
-    parser.add_argument("--resize", type=int, default=256, help="shorter side of the network input")
-    parser.add_argument("--crop", type=int, default=0, help="center crop; 0 feeds the whole resized image")
-    parser.add_argument("--layer", default=None, help="layer for gradcam/gradcampp; default: the last feature map")
+    add_heatmap_box_arguments(parser)
     parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=8,
                         help="images per forward pass")
     parser.add_argument("--iou-thresholds", "--iou_thresholds", dest="iou_thresholds", type=_floats,
