@@ -60,7 +60,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="crops per network call, 0 = the whole batch (default: 10 on a CPU, where "
                         "cache-sized calls are faster; whole batches on a GPU)")
     parser.add_argument("--num-threads", "--num_threads", type=int, default=None,
-                        help="CPU threads for Paddle Inference (default: all cores)")
+                        help="CPU math threads, Paddle Inference and dygraph alike (default: all cores)")
     parser.add_argument("--cache-dir", "--cache_dir", default=None,
                         help="cache of exported models (default: $PADDLE_CHEXNET_CACHE or ~/.cache/paddle_chexnet)")
     parser.add_argument("--skip-missing", "--skip_missing", action="store_true",
@@ -85,7 +85,7 @@ def main(args: argparse.Namespace):
     if dataset.skipped:
         logger.warning("skipped %d missing images (listed in %s)", len(dataset.skipped),
                        Path(args.output_dir) / "skipped.txt")
-    device = select_device(args.device)
+    device = select_device(args.device, args.num_threads)
     predictor = load_predictor(
         args.weights, args.backend, device, args.crop, args.cache_dir, args.num_threads, args.micro_batch
     )

@@ -92,6 +92,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/RUN_NAME/last.*")
     run.add_argument("--seed", type=int, default=d.seed, help="initialisation, data order and augmentation")
     run.add_argument("--device", default=d.device, help="auto, cpu, gpu or gpu:N")
+    run.add_argument("--cpu-threads", "--cpu_threads", dest="cpu_threads", type=int, default=d.cpu_threads,
+                     help="math threads for CPU operators (default: this process's share of the cores)")
     run.add_argument("--no-progress", "--no_progress", dest="progress", action="store_false",
                      help="no progress bars (logs only)")
     return parser

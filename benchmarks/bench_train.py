@@ -7,14 +7,23 @@ so that the noise of a shared machine falls on all variants alike. Speed is
 reported as images per second and as a ratio against torch in the same run,
 both for wall time and for CPU time (all threads of the worker process).
 
-Variants:
+Variants (the default run: torch, paddle_eager, paddle_static, paddle_dp):
     torch            torchvision DenseNet-121 (14 outputs), BCEWithLogitsLoss, Adam (the reference)
-    paddle_eager     train.py's step: paddle.Model(net).prepare(Adam, BCE).train_batch
-    paddle_static    the same with the network under paddle.jit.to_static
-    paddle_*_onednn  those two with FLAGS_use_onednn / FLAGS_use_mkldnn on
+    paddle_eager     train.py's step: paddle.Model(net).prepare(Adam, BCE).train_batch, with train.py's
+                     CPU settings (paddle_chexnet.cpu_runtime) and optimizer (paddle_chexnet.optim)
+    paddle_static    the same with the network under paddle.jit.to_static (train.py --to-static)
+    paddle_dp        train.py's step data-parallel over the cores: paddle.distributed.launch starts one
+                     process per thread (gloo), each with one thread and its share of the batch
+    paddle_eager_per_param_adam  paddle_eager with Paddle's per-parameter Adam kernel (what optim avoids)
+    paddle_eager_mkl_default     paddle_eager without MKL_DEBUG_CPU_TYPE (MKL's own code path)
+    paddle_*_onednn  paddle_eager / paddle_static with FLAGS_use_onednn / FLAGS_use_mkldnn on
     paddle_legacy_static             paddle.Model in static-graph mode on the legacy (non-PIR) program
     paddle_legacy_static_onednn_conv the same with oneDNN kernels for conv2d and conv2d_grad only
                                      (the op attribute ``use_mkldnn``; the global flag fails in training)
+
+Workers talk to the main process over a local socket, so that a variant that
+runs several processes (paddle_dp) is driven like the others: its rank 0 takes
+the commands and tells the other ranks through Paddle's own broadcast.
 
 Example:
     python benchmarks/bench_train.py --batch-size 8 --size 224 --rounds 5
@@ -24,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -35,8 +45,9 @@ from pathlib import Path
 from machine_info import cpu_model  # benchmarks/machine_info.py (run as scripts from any folder)
 
 REPO = Path(__file__).resolve().parents[1]
-VARIANTS = ("torch", "paddle_eager", "paddle_static", "paddle_eager_onednn", "paddle_static_onednn",
-            "paddle_legacy_static", "paddle_legacy_static_onednn_conv")
+DEFAULT_VARIANTS = ("torch", "paddle_eager", "paddle_static", "paddle_dp")
+VARIANTS = DEFAULT_VARIANTS + ("paddle_eager_per_param_adam", "paddle_eager_mkl_default", "paddle_eager_onednn",
+                               "paddle_static_onednn", "paddle_legacy_static", "paddle_legacy_static_onednn_conv")
 # variants that need Paddle's legacy (non-PIR) static graph, chosen before paddle is imported
 LEGACY_IR = ("paddle_legacy_static", "paddle_legacy_static_onednn_conv")
 
@@ -49,11 +60,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=5, help="timed steps per variant, interleaved")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant before the rounds")
     parser.add_argument("--threads", type=int, default=2, help="threads for every framework")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ", ".join(VARIANTS))
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                        help="comma-separated, from " + ", ".join(VARIANTS))
     parser.add_argument("--arch", choices=["densenet121", "tiny"], default="densenet121",
                         help="'tiny' for a quick check that the script works")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=None, help=argparse.SUPPRESS)
     return parser
 
 
@@ -95,28 +108,47 @@ def _torch_step(args: argparse.Namespace):
     return step
 
 
-def _paddle_step(args: argparse.Namespace, static: bool, onednn: bool):
+def _tiny_or_chexnet(args: argparse.Namespace):
+    from paddle_chexnet.densenet import DenseNet, chexnet
+
+    if args.arch == "tiny":
+        return DenseNet(growth_rate=4, block_config=(1, 2), num_init_features=8, bn_size=2, num_classes=14)
+    return chexnet()
+
+
+def _paddle_step(args: argparse.Namespace, variant: str):
+    """train.py's step: its CPU settings, network, optimizer and loss, under paddle.Model."""
     import paddle
 
-    from paddle_chexnet.densenet import DenseNet, chexnet
+    from paddle_chexnet.cpu_runtime import configure_cpu
     from paddle_chexnet.losses import WeightedBCEWithLogits
+    from paddle_chexnet.optim import build_optimizer
 
+    processes = paddle.distributed.get_world_size()
+    if variant == "paddle_eager_mkl_default":
+        paddle.base.core.set_num_threads(args.threads)  # threads only, MKL picks its own code path
+    else:
+        configure_cpu(args.threads // processes)
+    onednn = variant.endswith("onednn")
     paddle.set_device("cpu")
-    paddle.base.core.set_num_threads(args.threads)
     paddle.set_flags({"FLAGS_use_onednn": onednn, "FLAGS_use_mkldnn": onednn})
     paddle.seed(0)
-    if args.arch == "tiny":
-        net = DenseNet(growth_rate=4, block_config=(1, 2), num_init_features=8, bn_size=2, num_classes=14)
-    else:
-        net = chexnet()
-    if static:
+    net = _tiny_or_chexnet(args)
+    if "static" in variant:
         net = paddle.jit.to_static(net, full_graph=True)
     # a to_static network hides forward's signature, so paddle.Model needs the input specs
     inputs = [paddle.static.InputSpec([None, 3, args.size, args.size], "float32", "image")]
     labels = [paddle.static.InputSpec([None, 14], "float32", "label")]
     model = paddle.Model(net, inputs, labels)
-    model.prepare(paddle.optimizer.Adam(learning_rate=1e-3, parameters=net.parameters()), WeightedBCEWithLogits())
+    if variant == "paddle_eager_per_param_adam":
+        optimizer = paddle.optimizer.Adam(learning_rate=1e-3, parameters=net.parameters())
+    else:
+        optimizer = build_optimizer("adam", net.parameters(), 1e-3)
+    model.prepare(optimizer, WeightedBCEWithLogits())
     x, y = _batch(args.batch_size, args.size)
+    rank = paddle.distributed.get_rank()
+    share = args.batch_size // processes
+    x, y = x[rank * share:(rank + 1) * share], y[rank * share:(rank + 1) * share]
 
     def step() -> float:
         return float(model.train_batch([x], [y])[0])
@@ -129,20 +161,18 @@ def _paddle_legacy_static_step(args: argparse.Namespace, onednn_conv: bool):
     import paddle
 
     paddle.enable_static()
-    from paddle_chexnet.densenet import DenseNet, chexnet
+    from paddle_chexnet.cpu_runtime import configure_cpu
     from paddle_chexnet.losses import WeightedBCEWithLogits
+    from paddle_chexnet.optim import build_optimizer
 
+    configure_cpu(args.threads)
     paddle.set_device("cpu")
-    paddle.base.core.set_num_threads(args.threads)
     paddle.seed(0)
-    if args.arch == "tiny":
-        net = DenseNet(growth_rate=4, block_config=(1, 2), num_init_features=8, bn_size=2, num_classes=14)
-    else:
-        net = chexnet()
+    net = _tiny_or_chexnet(args)
     inputs = [paddle.static.InputSpec([None, 3, args.size, args.size], "float32", "image")]
     labels = [paddle.static.InputSpec([None, 14], "float32", "label")]
     model = paddle.Model(net, inputs, labels)
-    model.prepare(paddle.optimizer.Adam(learning_rate=1e-3, parameters=net.parameters()), WeightedBCEWithLogits())
+    model.prepare(build_optimizer("adam", net.parameters(), 1e-3), WeightedBCEWithLogits())
     if onednn_conv:
         # paddle.Model built its programs in prepare(); switch convolutions (96% of the step) to oneDNN
         for program in model._adapter._progs.values():
@@ -157,56 +187,132 @@ def _paddle_legacy_static_step(args: argparse.Namespace, onednn_conv: bool):
     return step
 
 
+class _Commands:
+    """Rank 0 reads 'step' lines from the main process and passes each on to the other ranks."""
+
+    def __init__(self, port: int):
+        import paddle.distributed as dist
+
+        self.dist = dist
+        self.processes = dist.get_world_size()
+        self.rank = dist.get_rank()
+        self.channel = socket.create_connection(("127.0.0.1", port)).makefile("rw") if self.rank == 0 else None
+
+    def send(self, message: dict) -> None:
+        if self.channel is not None:
+            self.channel.write(json.dumps(message) + "\n")
+            self.channel.flush()
+
+    def next_is_step(self) -> bool:
+        go = self.channel is not None and self.channel.readline().strip() == "step"
+        if self.processes == 1:
+            return go
+        import paddle
+
+        flag = paddle.to_tensor([1 if go else 0], dtype="int32")
+        self.dist.broadcast(flag, src=0)
+        return bool(int(flag.numpy()[0]))
+
+    def total(self, value: float) -> float:
+        """The sum over the ranks (CPU time of all processes)."""
+        if self.processes == 1:
+            return value
+        import paddle
+
+        tensor = paddle.to_tensor([value], dtype="float64")
+        self.dist.all_reduce(tensor)
+        return float(tensor.numpy()[0])
+
+
 def run_worker(args: argparse.Namespace) -> None:
-    """Build the variant, warm it up, then time one step per line read from stdin."""
+    """Build the variant, warm it up, then time one step per 'step' command."""
     variant = args.worker
     if variant == "torch":
         step = _torch_step(args)
     elif variant in LEGACY_IR:
         step = _paddle_legacy_static_step(args, onednn_conv=variant.endswith("onednn_conv"))
     else:
-        step = _paddle_step(args, static="static" in variant, onednn=variant.endswith("onednn"))
+        step = _paddle_step(args, variant)
+    commands = _Commands(args.port)
     for _ in range(args.warmup):
         step()
-    print(json.dumps({"ready": variant}), flush=True)
-    for line in sys.stdin:
-        if line.strip() != "step":
-            break
+    commands.send({"ready": variant})
+    while commands.next_is_step():
         start, start_cpu = time.perf_counter(), time.process_time()
         loss = step()
-        print(json.dumps({"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - start_cpu,
-                          "loss": loss}), flush=True)
+        seconds, cpu_seconds = time.perf_counter() - start, commands.total(time.process_time() - start_cpu)
+        commands.send({"seconds": seconds, "cpu_seconds": cpu_seconds, "loss": loss})
 
 
 # ---------------------------------------------------------------------------- orchestration
 
 
-def _start(variant: str, args: argparse.Namespace, stderr) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
-               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    if variant in LEGACY_IR:
-        env["FLAGS_enable_pir_api"] = "0"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", variant, "--batch-size", str(args.batch_size),
-           "--size", str(args.size), "--warmup", str(args.warmup), "--threads", str(args.threads),
-           "--arch", args.arch]
-    return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
+class _Worker:
+    """One variant's process (or, for paddle_dp, paddle.distributed.launch and its processes)."""
 
+    def __init__(self, variant: str, args: argparse.Namespace, logs: Path):
+        self.variant = variant
+        self.stderr_path = logs / f"{variant}.stderr"
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.settimeout(1.0)
+        port = listener.getsockname()[1]
+        threads = str(args.threads)
+        env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads,
+                   PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        if variant in LEGACY_IR:
+            env["FLAGS_enable_pir_api"] = "0"
+        if variant == "paddle_eager_mkl_default":
+            env.pop("MKL_DEBUG_CPU_TYPE", None)
+        cmd = [sys.executable]
+        if variant == "paddle_dp":
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = "1"
+            cmd += ["-m", "paddle.distributed.launch", "--nproc_per_node", threads, "--log_dir", str(logs / "dp")]
+        cmd += [str(Path(__file__).resolve()), "--worker", variant, "--port", str(port),
+                "--batch-size", str(args.batch_size), "--size", str(args.size), "--warmup", str(args.warmup),
+                "--threads", threads, "--arch", args.arch]
+        with open(self.stderr_path, "w") as stderr:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr, env=env)
+        self.channel = None
+        try:
+            while self.channel is None:
+                try:
+                    connection, _ = listener.accept()
+                except socket.timeout:
+                    if self.proc.poll() is not None:
+                        raise RuntimeError(self.error_summary()) from None
+                    continue
+                self.channel = connection.makefile("rw")
+        finally:
+            listener.close()
 
-def _error_summary(stderr_path: Path) -> str:
-    """The last error line a failed worker wrote (Paddle puts the reason on an 'Error' line)."""
-    lines = [l.strip() for l in stderr_path.read_text(errors="replace").splitlines() if l.strip()]
-    errors = [l for l in lines if "Error" in l and not l.startswith("File ")]
-    return (errors or lines or ["no output"])[-1][:300]
+    def error_summary(self) -> str:
+        """The last error line the worker wrote (Paddle puts the reason on an 'Error' line)."""
+        paths = [self.stderr_path, *sorted((self.stderr_path.parent / "dp").glob("workerlog.*"))]
+        lines = [l.strip() for path in paths if path.is_file()
+                 for l in path.read_text(errors="replace").splitlines() if l.strip()]
+        errors = [l for l in lines if "Error" in l and not l.startswith("File ")]
+        return (errors or lines or ["no output"])[-1][:300]
 
-
-def _read(proc: subprocess.Popen, variant: str) -> dict:
-    while True:
-        line = proc.stdout.readline()
+    def read(self) -> dict:
+        line = self.channel.readline()
         if not line:
-            raise RuntimeError(f"worker {variant} exited with code {proc.wait()} (see its stderr above)")
-        line = line.strip()
-        if line.startswith("{"):
-            return json.loads(line)
+            self.proc.wait(timeout=60)
+            raise RuntimeError(self.error_summary())
+        return json.loads(line)
+
+    def step(self) -> dict:
+        self.channel.write("step\n")
+        self.channel.flush()
+        return self.read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.channel.write("stop\n")
+                self.channel.flush()
+                self.proc.wait(timeout=120)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -221,36 +327,30 @@ def main(args: argparse.Namespace) -> dict:
         variants.remove("torch")
         variants.insert(0, "torch")
     # workers are built one after another so their start-up does not disturb each other
-    workers: dict[str, subprocess.Popen] = {}
+    workers: dict[str, _Worker] = {}
     failed: dict[str, str] = {}
     logs = Path(tempfile.mkdtemp(prefix="bench_train_"))
     try:
         for variant in list(variants):
-            stderr_path = logs / f"{variant}.stderr"
-            with open(stderr_path, "w") as stderr:
-                workers[variant] = _start(variant, args, stderr)
             try:
-                _read(workers[variant], variant)
-            except RuntimeError:
-                failed[variant] = _error_summary(stderr_path)
+                workers[variant] = _Worker(variant, args, logs)
+                workers[variant].read()  # ready
+            except RuntimeError as exc:
+                failed[variant] = str(exc)
                 variants.remove(variant)
-                del workers[variant]
+                workers.pop(variant, None)
         times: dict[str, list[float]] = {v: [] for v in variants}
         cpu_times: dict[str, list[float]] = {v: [] for v in variants}
         losses: dict[str, float] = {}
         for _ in range(args.rounds):
             for variant in variants:
-                workers[variant].stdin.write("step\n")
-                workers[variant].stdin.flush()
-                reply = _read(workers[variant], variant)
+                reply = workers[variant].step()
                 times[variant].append(reply["seconds"])
                 cpu_times[variant].append(reply["cpu_seconds"])
                 losses[variant] = reply["loss"]
     finally:
-        for proc in workers.values():
-            if proc.poll() is None:
-                proc.stdin.close()
-                proc.wait(timeout=60)
+        for worker in workers.values():
+            worker.close()
     # wall time is what a user waits; CPU time (all threads of the worker) is the work done, and
     # suffers less when other programs compete for the cores
     reference = statistics.median(times["torch"]) if "torch" in times else None

@@ -1,10 +1,17 @@
 """paddle-chexnet: CheXNet (Rajpurkar et al. 2017) in PaddlePaddle.
 
-Importing the package has no side effects: it sets no device, reads no file
-and downloads nothing.
+Importing the package sets no device, reads no file and downloads nothing. Its
+one side effect is on AMD processors: it sets ``MKL_DEBUG_CPU_TYPE=5`` unless
+the user set it, so that the MKL bundled with Paddle runs its AVX2 code (2.4x
+faster here) in this process and the processes it starts, whichever of them
+makes the first matrix product (see :mod:`paddle_chexnet.cpu_runtime`).
 """
-from .densenet import DenseNet, WithSigmoid, chexnet, densenet121
-from .labels import CLASS_NAMES, NUM_CLASSES
+from .cpu_runtime import use_mkl_avx2_on_amd
+
+use_mkl_avx2_on_amd()
+
+from .densenet import DenseNet, WithSigmoid, chexnet, densenet121  # noqa: E402
+from .labels import CLASS_NAMES, NUM_CLASSES  # noqa: E402
 
 __all__ = ["CLASS_NAMES", "NUM_CLASSES", "DenseNet", "WithSigmoid", "chexnet", "densenet121"]
 __version__ = "0.1.0"

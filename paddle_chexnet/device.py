@@ -3,18 +3,22 @@ from __future__ import annotations
 
 import paddle
 
+from .cpu_runtime import configure_cpu
+
 
 def gpu_available() -> bool:
     """True when this Paddle build has CUDA and at least one GPU is visible."""
     return paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
 
 
-def select_device(requested: str = "auto") -> str:
-    """Set and return Paddle's device.
+def select_device(requested: str = "auto", cpu_threads: int | None = None) -> str:
+    """Set and return Paddle's device, and the CPU math settings (:func:`~paddle_chexnet.cpu_runtime.configure_cpu`).
 
     Args:
         requested (str, optional): ``'auto'`` (GPU if present), ``'cpu'``, ``'gpu'`` or
             ``'gpu:N'``. Default: 'auto'.
+        cpu_threads (int, optional): math threads for CPU operators; ``None``: this process's
+            share of the cores. Default: None.
 
     Raises:
         ValueError: a GPU was requested but this Paddle build or machine has none;
@@ -31,5 +35,6 @@ def select_device(requested: str = "auto") -> str:
         )
     if not (requested == "cpu" or requested.startswith("gpu")):
         raise ValueError(f"unknown device {requested!r}; use auto, cpu, gpu or gpu:N")
+    configure_cpu(cpu_threads)
     paddle.set_device(requested)
     return requested

@@ -115,6 +115,8 @@ class TrainConfig:
         resume (bool): continue from OUTPUT_DIR/RUN_NAME's ``last`` checkpoint. Default: False.
         seed (int): initialisation, data order and augmentation. Default: 0.
         device (str): ``'auto'``, ``'cpu'``, ``'gpu'``. Default: 'auto'.
+        cpu_threads (int, optional): math threads for CPU operators; ``None``: the cores this
+            process may use, divided among the processes launched on this machine. Default: None.
         progress (bool): show progress bars. Default: True.
     """
 
@@ -149,6 +151,7 @@ class TrainConfig:
     resume: bool = False
     seed: int = 0
     device: str = "auto"
+    cpu_threads: int | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -414,7 +417,7 @@ def run_training(config: TrainConfig) -> TrainResult:
         >>> result.best_checkpoint  # doctest: +SKIP
         PosixPath('outputs/chexnet/best.pdparams')
     """
-    device = select_device(config.device)
+    device = select_device(config.device, config.cpu_threads)
     if config.amp and not device.startswith("gpu"):
         raise ValueError("--amp needs a GPU (mixed precision on the CPU is slower, not faster); drop --amp")
     seed_everything(config.seed)
