@@ -15,6 +15,7 @@ Variants (the default run: torch, paddle_eager, paddle_static, paddle_dp):
     paddle_dp        train.py's step data-parallel over the cores: paddle.distributed.launch starts one
                      process per thread (gloo), each with one thread and its share of the batch
     paddle_eager_per_param_adam  paddle_eager with Paddle's per-parameter Adam kernel (what optim avoids)
+    paddle_eager_conv2d          paddle_eager with Paddle's own 3x3 convolution (no cpu_conv fold path)
     paddle_eager_mkl_default     paddle_eager without MKL_DEBUG_CPU_TYPE (MKL's own code path)
     paddle_*_onednn  paddle_eager / paddle_static with FLAGS_use_onednn / FLAGS_use_mkldnn on
     paddle_legacy_static             paddle.Model in static-graph mode on the legacy (non-PIR) program
@@ -46,7 +47,8 @@ from machine_info import cpu_model  # benchmarks/machine_info.py (run as scripts
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_VARIANTS = ("torch", "paddle_eager", "paddle_static", "paddle_dp")
-VARIANTS = DEFAULT_VARIANTS + ("paddle_eager_per_param_adam", "paddle_eager_mkl_default", "paddle_eager_onednn",
+VARIANTS = DEFAULT_VARIANTS + ("paddle_eager_per_param_adam", "paddle_eager_mkl_default", "paddle_eager_conv2d",
+                               "paddle_eager_onednn",
                                "paddle_static_onednn", "paddle_legacy_static", "paddle_legacy_static_onednn_conv")
 # variants that need Paddle's legacy (non-PIR) static graph, chosen before paddle is imported
 LEGACY_IR = ("paddle_legacy_static", "paddle_legacy_static_onednn_conv")
@@ -60,6 +62,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=5, help="timed steps per variant, interleaved")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per variant before the rounds")
     parser.add_argument("--threads", type=int, default=2, help="threads for every framework")
+    parser.add_argument("--settle", type=int, default=1,
+                        help="untimed steps just before each timed one, so that the timed step runs as in a "
+                             "training loop, right after another step of its own")
+    parser.add_argument("--pause", type=float, default=0.5,
+                        help="seconds between two timed steps, so that the threads of the variant that just ran "
+                             "(OpenMP keeps them spinning for up to 0.2 s) have gone to sleep")
     parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                         help="comma-separated, from " + ", ".join(VARIANTS))
     parser.add_argument("--arch", choices=["densenet121", "tiny"], default="densenet121",
@@ -129,6 +137,10 @@ def _paddle_step(args: argparse.Namespace, variant: str):
         paddle.base.core.set_num_threads(args.threads)  # threads only, MKL picks its own code path
     else:
         configure_cpu(args.threads // processes)
+    if variant == "paddle_eager_conv2d":
+        import paddle_chexnet.cpu_conv
+
+        paddle_chexnet.cpu_conv.MIN_PIXELS = 1 << 62  # never take the fold path
     onednn = variant.endswith("onednn")
     paddle.set_device("cpu")
     paddle.set_flags({"FLAGS_use_onednn": onednn, "FLAGS_use_mkldnn": onednn})
@@ -238,6 +250,8 @@ def run_worker(args: argparse.Namespace) -> None:
         step()
     commands.send({"ready": variant})
     while commands.next_is_step():
+        for _ in range(args.settle):
+            step()
         start, start_cpu = time.perf_counter(), time.process_time()
         loss = step()
         seconds, cpu_seconds = time.perf_counter() - start, commands.total(time.process_time() - start_cpu)
@@ -262,13 +276,14 @@ class _Worker:
         if variant in LEGACY_IR:
             env["FLAGS_enable_pir_api"] = "0"
         if variant == "paddle_eager_mkl_default":
-            env.pop("MKL_DEBUG_CPU_TYPE", None)
+            env["MKL_DEBUG_CPU_TYPE"] = ""  # present, so paddle_chexnet keeps it; empty, so MKL ignores it
         cmd = [sys.executable]
         if variant == "paddle_dp":
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = "1"
             cmd += ["-m", "paddle.distributed.launch", "--nproc_per_node", threads, "--log_dir", str(logs / "dp")]
         cmd += [str(Path(__file__).resolve()), "--worker", variant, "--port", str(port),
                 "--batch-size", str(args.batch_size), "--size", str(args.size), "--warmup", str(args.warmup),
+                "--settle", str(args.settle),
                 "--threads", threads, "--arch", args.arch]
         with open(self.stderr_path, "w") as stderr:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr, env=env)
@@ -344,6 +359,7 @@ def main(args: argparse.Namespace) -> dict:
         losses: dict[str, float] = {}
         for _ in range(args.rounds):
             for variant in variants:
+                time.sleep(args.pause)
                 reply = workers[variant].step()
                 times[variant].append(reply["seconds"])
                 cpu_times[variant].append(reply["cpu_seconds"])

@@ -23,6 +23,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
+from .cpu_conv import Conv3x3
 from .labels import CLASS_NAMES
 
 # torch's BatchNorm2d(momentum=0.1, eps=1e-5) in Paddle's convention.
@@ -53,7 +54,8 @@ class _DenseLayer(nn.Layer):
         self.conv1 = _conv(in_channels, bn_size * growth_rate, 1)
         self.norm2 = _norm(bn_size * growth_rate)
         self.relu2 = nn.ReLU()
-        self.conv2 = _conv(bn_size * growth_rate, growth_rate, 3, padding=1)
+        # nn.Conv2D(k=3, padding=1) with a faster CPU training path (cpu_conv.py)
+        self.conv2 = Conv3x3(bn_size * growth_rate, growth_rate, weight_attr=_KAIMING)
         self.drop_rate = float(drop_rate)
 
     def forward(self, inputs: list[paddle.Tensor]) -> paddle.Tensor:

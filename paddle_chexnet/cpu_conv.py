@@ -1,0 +1,96 @@
+"""A faster CPU training path for DenseNet's 3x3 convolutions (same result to float rounding).
+
+Paddle's CPU convolution is im2col + matrix product, per image: the forward
+pass copies the input 9 times over (``C_in x 9`` rows), and the backward pass
+does it again for the weight gradient and scatters a ``C_in x 9`` matrix back
+(col2im) for the input gradient. In a dense layer the 3x3 convolution maps
+128 channels to 32, so all that copying is on the wide side. The same
+arithmetic can be arranged so that only the narrow side (32 channels) is ever
+expanded:
+
+* forward:  ``Z = W' x`` (one product, ``9 C_out`` rows), then ``y = fold(Z)``,
+  the 9 shifted copies of ``Z`` summed (col2im on ``C_out`` channels);
+* backward: ``U = unfold(dy)`` (im2col on ``C_out`` channels), then
+  ``dx = W''^T U`` and ``dW = U x^T``, with no expansion of ``x`` at all.
+
+``W'`` and ``W''`` are the weight flipped in space and laid out to match the
+(channel, row, column) order of fold/unfold. On the 2-core machine of
+BENCHMARKS.md the 3x3 convolutions of DenseNet-121's first two blocks train
+1.5x faster this way (forward and backward at 56x56 and 28x28); at 14x14 and
+below the matrices are small and Paddle's kernel is as fast or faster, so it
+keeps them. The path is used only on the CPU, in dynamic graphs, when a
+gradient is wanted: prediction, static graphs (``to_static``, exported models)
+and GPUs keep ``paddle.nn.functional.conv2d``.
+"""
+from __future__ import annotations
+
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+from paddle.autograd import PyLayer
+
+# The fold path pays off from 28x28 feature maps up (BENCHMARKS.md).
+MIN_PIXELS = 28 * 28
+
+
+class _Conv3x3Fold(PyLayer):
+    """3x3 convolution, stride 1, padding 1, no bias, by product + fold; gradients by unfold + products."""
+
+    @staticmethod
+    def forward(ctx, x: paddle.Tensor, weight: paddle.Tensor) -> paddle.Tensor:
+        batch, in_channels, height, width = x.shape
+        out_channels = weight.shape[0]
+        # rows ordered (out channel, kernel row, kernel column) as fold expects, kernel flipped
+        rows = paddle.flip(weight, [2, 3]).transpose([0, 2, 3, 1]).reshape([out_channels * 9, in_channels])
+        shifted = paddle.matmul(rows, x.reshape([batch, in_channels, height * width]))
+        ctx.save_for_backward(x, weight)
+        ctx.needs = (not x.stop_gradient, not weight.stop_gradient)
+        return F.fold(shifted, [height, width], [3, 3], paddings=1)
+
+    @staticmethod
+    def backward(ctx, grad_out: paddle.Tensor):
+        x, weight = ctx.saved_tensor()
+        batch, in_channels, height, width = x.shape
+        out_channels = weight.shape[0]
+        columns = F.unfold(grad_out, [3, 3], paddings=1)  # [B, C_out * 9, H * W]
+        grad_x = grad_weight = None
+        if ctx.needs[0]:
+            flipped = paddle.flip(weight, [2, 3]).transpose([1, 0, 2, 3]).reshape([in_channels, out_channels * 9])
+            grad_x = paddle.matmul(flipped, columns).reshape([batch, in_channels, height, width])
+        if ctx.needs[1]:
+            products = paddle.matmul(columns, x.reshape([batch, in_channels, height * width]), transpose_y=True)
+            grad_weight = paddle.flip(products.sum(0).reshape([out_channels, 3, 3, in_channels]), [1, 2])
+            grad_weight = grad_weight.transpose([0, 3, 1, 2])
+        return grad_x, grad_weight
+
+
+def conv3x3_fold(x: paddle.Tensor, weight: paddle.Tensor) -> paddle.Tensor:
+    """``F.conv2d(x, weight, padding=1)`` for a ``[C_out, C_in, 3, 3]`` weight, computed as the module says."""
+    return _Conv3x3Fold.apply(x, weight)
+
+
+def fold_path_applies(x: paddle.Tensor, weight: paddle.Tensor) -> bool:
+    """True where :func:`conv3x3_fold` is the faster way: CPU, dynamic graph, a gradient wanted, >= 28x28."""
+    return (
+        paddle.in_dynamic_mode()
+        and x.place.is_cpu_place()
+        and paddle.is_grad_enabled()
+        and not (x.stop_gradient and weight.stop_gradient)
+        and x.shape[2] * x.shape[3] >= MIN_PIXELS
+    )
+
+
+class Conv3x3(nn.Conv2D):
+    """A ``nn.Conv2D(C_in, C_out, 3, padding=1, bias_attr=False)`` that trains by the fold path on the CPU.
+
+    Same parameter (``weight``), same state-dict key, same result to float
+    rounding; see the module docstring for when the path is taken.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, weight_attr=None) -> None:
+        super().__init__(in_channels, out_channels, 3, padding=1, weight_attr=weight_attr, bias_attr=False)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        if fold_path_applies(x, self.weight):
+            return conv3x3_fold(x, self.weight)
+        return super().forward(x)
