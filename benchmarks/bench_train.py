@@ -22,9 +22,10 @@ Variants (the default run: torch, paddle_eager, paddle_static, paddle_dp):
     paddle_legacy_static_onednn_conv the same with oneDNN kernels for conv2d and conv2d_grad only
                                      (the op attribute ``use_mkldnn``; the global flag fails in training)
 
-Workers talk to the main process over a local socket, so that a variant that
-runs several processes (paddle_dp) is driven like the others: its rank 0 takes
-the commands and tells the other ranks through Paddle's own broadcast.
+Workers talk to the main process over local sockets, one per process, so that a
+variant that runs several processes (paddle_dp) is driven like the others: each
+rank gets the command, the step's gradient all-reduce keeps them in step, and
+the step takes as long as its slowest rank and costs the CPU time of all.
 
 Example:
     python benchmarks/bench_train.py --batch-size 8 --size 224 --rounds 5
@@ -200,40 +201,17 @@ def _paddle_legacy_static_step(args: argparse.Namespace, onednn_conv: bool):
 
 
 class _Commands:
-    """Rank 0 reads 'step' lines from the main process and passes each on to the other ranks."""
+    """Each process (each rank of paddle_dp) takes 'step' lines from the main process over its own socket."""
 
     def __init__(self, port: int):
-        import paddle.distributed as dist
-
-        self.dist = dist
-        self.processes = dist.get_world_size()
-        self.rank = dist.get_rank()
-        self.channel = socket.create_connection(("127.0.0.1", port)).makefile("rw") if self.rank == 0 else None
+        self.channel = socket.create_connection(("127.0.0.1", port)).makefile("rw")
 
     def send(self, message: dict) -> None:
-        if self.channel is not None:
-            self.channel.write(json.dumps(message) + "\n")
-            self.channel.flush()
+        self.channel.write(json.dumps(message) + "\n")
+        self.channel.flush()
 
     def next_is_step(self) -> bool:
-        go = self.channel is not None and self.channel.readline().strip() == "step"
-        if self.processes == 1:
-            return go
-        import paddle
-
-        flag = paddle.to_tensor([1 if go else 0], dtype="int32")
-        self.dist.broadcast(flag, src=0)
-        return bool(int(flag.numpy()[0]))
-
-    def total(self, value: float) -> float:
-        """The sum over the ranks (CPU time of all processes)."""
-        if self.processes == 1:
-            return value
-        import paddle
-
-        tensor = paddle.to_tensor([value], dtype="float64")
-        self.dist.all_reduce(tensor)
-        return float(tensor.numpy()[0])
+        return self.channel.readline().strip() == "step"
 
 
 def run_worker(args: argparse.Namespace) -> None:
@@ -254,8 +232,8 @@ def run_worker(args: argparse.Namespace) -> None:
             step()
         start, start_cpu = time.perf_counter(), time.process_time()
         loss = step()
-        seconds, cpu_seconds = time.perf_counter() - start, commands.total(time.process_time() - start_cpu)
-        commands.send({"seconds": seconds, "cpu_seconds": cpu_seconds, "loss": loss})
+        commands.send({"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - start_cpu,
+                       "loss": loss})
 
 
 # ---------------------------------------------------------------------------- orchestration
@@ -287,16 +265,17 @@ class _Worker:
                 "--threads", threads, "--arch", args.arch]
         with open(self.stderr_path, "w") as stderr:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stderr, stderr=stderr, env=env)
-        self.channel = None
+        self.channels = []
+        processes = args.threads if variant == "paddle_dp" else 1
         try:
-            while self.channel is None:
+            while len(self.channels) < processes:
                 try:
                     connection, _ = listener.accept()
                 except socket.timeout:
                     if self.proc.poll() is not None:
                         raise RuntimeError(self.error_summary()) from None
                     continue
-                self.channel = connection.makefile("rw")
+                self.channels.append(connection.makefile("rw"))
         finally:
             listener.close()
 
@@ -309,22 +288,32 @@ class _Worker:
         return (errors or lines or ["no output"])[-1][:300]
 
     def read(self) -> dict:
-        line = self.channel.readline()
-        if not line:
-            self.proc.wait(timeout=60)
-            raise RuntimeError(self.error_summary())
-        return json.loads(line)
+        """One message from every process; a step lasts as long as the slowest and costs the CPU of all."""
+        replies = []
+        for channel in self.channels:
+            line = channel.readline()
+            if not line:
+                self.proc.wait(timeout=60)
+                raise RuntimeError(self.error_summary())
+            replies.append(json.loads(line))
+        if "seconds" not in replies[0]:
+            return replies[0]
+        return {"seconds": max(r["seconds"] for r in replies), "cpu_seconds": sum(r["cpu_seconds"] for r in replies),
+                "loss": replies[0]["loss"]}
+
+    def _send(self, line: str) -> None:
+        for channel in self.channels:
+            channel.write(line + "\n")
+            channel.flush()
 
     def step(self) -> dict:
-        self.channel.write("step\n")
-        self.channel.flush()
+        self._send("step")
         return self.read()
 
     def close(self) -> None:
         if self.proc.poll() is None:
             try:
-                self.channel.write("stop\n")
-                self.channel.flush()
+                self._send("stop")
                 self.proc.wait(timeout=120)
             except (OSError, subprocess.TimeoutExpired):
                 self.proc.kill()

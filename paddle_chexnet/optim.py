@@ -81,10 +81,11 @@ def build_optimizer(
     parameters = list(parameters)
     if name == "adam":
         # Multi-tensor Adam (one merged_adam kernel for all parameters): the same update to float
-        # rounding, and it avoids a CPU trap. Paddle's per-parameter CPU adam kernel leaves the
-        # calling thread in a state where every later MKL matrix product runs about 3.5x slower
-        # (measured: the forward pass of DenseNet-121 went from 1.1 s to 3.7 s after one step, with
-        # SGD or merged_adam it stays at 1.1 s); see BENCHMARKS.md.
+        # rounding (tests/test_optim.py checks it against torch), and it avoids a CPU trap. With MKL's
+        # generic code path (an AMD processor and MKL_DEBUG_CPU_TYPE unset or empty) Paddle's
+        # per-parameter CPU adam kernel left the calling thread in a state where every later matrix
+        # product ran 2.5-3.5x slower (DenseNet-121's forward: 1.1 s before one step, 3.7 s after;
+        # with SGD or merged_adam it stayed at 1.1 s). On MKL's AVX2 path the two measure alike.
         return paddle.optimizer.Adam(
             learning_rate=learning_rate, beta1=betas[0], beta2=betas[1], epsilon=1e-8,
             parameters=parameters, weight_decay=decay, use_multi_tensor=True,
