@@ -168,8 +168,9 @@ class TrainConfig:
             raise ValueError(f"crop ({self.crop}) must not exceed resize ({self.resize})")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
-            raise ValueError(f"max_steps_per_epoch must be at least 1 (or None), got {self.max_steps_per_epoch}")
+        for name in ("max_steps_per_epoch", "cpu_threads"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1 (or None), got {getattr(self, name)}")
 
     @property
     def image_path(self) -> Path:

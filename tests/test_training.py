@@ -207,6 +207,8 @@ def test_config_rejects_bad_values() -> None:
         TrainConfig(resize=200, crop=224)
     with pytest.raises(ValueError, match="unknown setting.*learning_rate"):
         TrainConfig.from_dict({"learning_rate": 0.1})
+    with pytest.raises(ValueError, match="cpu_threads must be at least 1"):
+        TrainConfig(cpu_threads=0)
     with pytest.raises(ValueError, match="needs a GPU"):
         run_training(TrainConfig(amp=True, device="cpu"))
 
