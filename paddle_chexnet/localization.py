@@ -265,14 +265,15 @@ def read_thresholds(spec: str | float | None, class_names: Sequence[str] = CLASS
 
 @dataclass
 class ImageHeatmaps:
-    """One image's probabilities and low-resolution heatmaps (all classes), and how to map them back.
+    """One image's probabilities and low-resolution heatmaps, and how to map them back.
 
     Attributes:
         path (Path): the file.
         image (PIL.Image.Image): the original picture (as read, 8-bit).
         geometry (InputGeometry): the network input's place in the original.
         probabilities (numpy.ndarray): ``[num_classes]``.
-        maps (numpy.ndarray): ``[num_classes, h, w]`` heatmaps over the network input.
+        maps (numpy.ndarray): ``[K, h, w]`` heatmaps over the network input.
+        class_ids (numpy.ndarray, optional): ``[K]``, the class of each map; None: all classes in order.
     """
 
     path: Path
@@ -280,12 +281,24 @@ class ImageHeatmaps:
     geometry: InputGeometry
     probabilities: np.ndarray
     maps: np.ndarray
+    class_ids: np.ndarray | None = None
     _upsampled: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     def heatmap(self, class_id: int) -> np.ndarray:
-        """The map of one class at the original image's size (cached)."""
+        """The map of one class at the original image's size (cached).
+
+        Raises:
+            KeyError: the map of that class was not computed (see ``class_ids``).
+        """
         if class_id not in self._upsampled:
-            self._upsampled[class_id] = upsample_heatmap(self.maps[class_id], self.geometry)
+            row = class_id
+            if self.class_ids is not None:
+                rows = np.flatnonzero(np.asarray(self.class_ids) == class_id)
+                if rows.size == 0:
+                    raise KeyError(f"no heatmap of class {class_id} was computed for {self.path} "
+                                   f"(computed: {np.asarray(self.class_ids).tolist()})")
+                row = int(rows[0])
+            self._upsampled[class_id] = upsample_heatmap(self.maps[row], self.geometry)
         return self._upsampled[class_id]
 
     def boxes(self, class_id: int, finding: str, threshold: float = 0.5, min_area_fraction: float = 0.0,
@@ -305,13 +318,16 @@ def iter_heatmaps(
     layer: str | None = None,
     progress: Callable[[int], None] | None = None,
     on_error: Callable[[Path, Exception], None] | None = None,
+    class_ids: Sequence[int] | None = None,
 ) -> Iterator[ImageHeatmaps]:
-    """Heatmaps of every class for image files, in batches, in the order of ``paths``.
+    """Heatmaps for image files, in batches, in the order of ``paths``.
 
     Images of equal input size share a forward pass; a folder of mixed sizes
     still works (each size is its own batch).
 
     Args:
+        class_ids (Sequence[int], optional): the classes to map (fewer is faster with the gradient
+            methods); None maps all. Default: None.
         progress (Callable[[int], None], optional): called with the number of images done after each batch.
         on_error (Callable[[Path, Exception], None], optional): called for a file that cannot be
             read, which is then skipped; None raises the error. Default: None.
@@ -334,9 +350,10 @@ def iter_heatmaps(
             by_shape.setdefault(chw.shape, []).append(i)
         for indices in by_shape.values():
             batch = np.stack([prepared[i][0] for i in indices])
-            out = compute_heatmaps(net, batch, method=method, layer=layer)
+            out = compute_heatmaps(net, batch, method=method, class_ids=class_ids, layer=layer)
             for j, i in enumerate(indices):
-                results[i] = ImageHeatmaps(chunk[i], images[i], prepared[i][1], out.probabilities[j], out.maps[j])
+                results[i] = ImageHeatmaps(chunk[i], images[i], prepared[i][1], out.probabilities[j], out.maps[j],
+                                           None if class_ids is None else out.class_ids)
         if progress is not None:
             progress(len(paths[start:start + batch_size]))
         yield from results
@@ -552,11 +569,13 @@ def localize_known_findings(
     unknown = sorted({b.finding for boxes in truths.values() for b in boxes} - set(class_names))
     if unknown:
         raise ValueError(f"boxed findings {unknown} are not outputs of the network ({class_names})")
+    # only the boxed findings' maps (NIH boxed 8 of the 14): each is a backward pass with Grad-CAM
+    boxed_ids = sorted({class_names.index(b.finding) for boxes in truths.values() for b in boxes})
     bar = progress_factory(len(names)) if progress_factory else None
     detected: dict[str, list[Box]] = {}
     try:
         items = iter_heatmaps(net, [image_paths[n] for n in names], method, resize, crop, batch_size, layer,
-                              progress=bar.update if bar else None)
+                              progress=bar.update if bar else None, class_ids=boxed_ids)
         for name, item in zip(names, items):
             boxes: list[Box] = []
             for finding in dict.fromkeys(b.finding for b in truths[name]):

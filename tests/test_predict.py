@@ -14,11 +14,14 @@ from PIL import Image
 from paddle_chexnet import CLASS_NAMES, DenseNet, densenet121
 from paddle_chexnet.boxes import read_localization_txt
 from paddle_chexnet.cam import class_activation_maps
+from paddle_chexnet.boxes import Box
 from paddle_chexnet.localization import (
     format_prediction_table,
     infer_densenet_config,
+    iter_heatmaps,
     list_images,
     load_model,
+    localize_known_findings,
     prepare_input,
     read_thresholds,
 )
@@ -186,6 +189,40 @@ def test_localize_eval_end_to_end(tiny_weights, tmp_path):
     assert list(only.rows) == ["Mass", "Mean"] and only.rows["Mass"]["n"] == 1
     assert {b.finding for b in detected["p1.png"]} == {"Infiltration"}  # the boxed finding only
     assert {b.finding for b in detected["p2.png"]} == {"Mass"}
+
+
+def test_known_findings_map_only_the_boxed_classes(tiny_weights, tmp_path, monkeypatch):
+    """Only the boxed findings' maps are computed, and their boxes are those of the all-class maps."""
+    import paddle_chexnet.localization as localization
+
+    requested = []
+    original = localization.compute_heatmaps
+    monkeypatch.setattr(localization, "compute_heatmaps",
+                        lambda *a, **k: requested.append(k.get("class_ids")) or original(*a, **k))
+    rng = np.random.default_rng(8)
+    paths = {}
+    for name in ("a.png", "b.png", "c.png"):
+        paths[name] = tmp_path / name
+        Image.fromarray(rng.integers(0, 256, (96, 96), dtype=np.uint8), "L").save(paths[name])
+    truths = {"a.png": [Box(10, 10, 30, 30, finding="Mass")], "b.png": [Box(5, 5, 20, 20, finding="Nodule")],
+              "c.png": [Box(40, 40, 20, 20, finding="Mass"), Box(0, 0, 50, 50, finding="Atelectasis")]}
+    net = load_model(tiny_weights)
+    kwargs = {"method": "gradcam", "resize": 64, "batch_size": 2, "max_boxes": 2}
+    detected = localize_known_findings(net, truths, paths, **kwargs)
+    boxed = sorted(CLASS_NAMES.index(f) for f in ("Mass", "Nodule", "Atelectasis"))
+    assert requested == [boxed, boxed]  # two batches, three of the 14 classes each
+    full = dict(zip(paths, iter_heatmaps(net, list(paths.values()), "gradcam", 64, None, 2)))
+    for name, boxes in truths.items():
+        expected = []
+        for finding in dict.fromkeys(b.finding for b in boxes):
+            expected += full[name].boxes(CLASS_NAMES.index(finding), finding, 0.5, 0.0, 2)
+        assert [(b.finding, b.x, b.y, b.w, b.h) for b in detected[name]] == \
+            [(b.finding, b.x, b.y, b.w, b.h) for b in expected]
+    subset = next(iter_heatmaps(net, [paths["a.png"]], "gradcam", 64, None, 2, class_ids=[5, 0]))
+    assert subset.maps.shape[0] == 2
+    np.testing.assert_allclose(subset.heatmap(5), full["a.png"].heatmap(5), rtol=1e-4, atol=1e-6)
+    with pytest.raises(KeyError, match="no heatmap of class 3"):
+        subset.heatmap(3)
 
 
 @pytest.mark.shared_data
