@@ -134,10 +134,7 @@ def _paddle_step(args: argparse.Namespace, variant: str):
     from paddle_chexnet.optim import build_optimizer
 
     processes = paddle.distributed.get_world_size()
-    if variant == "paddle_eager_mkl_default":
-        paddle.base.core.set_num_threads(args.threads)  # threads only, MKL picks its own code path
-    else:
-        configure_cpu(args.threads // processes)
+    configure_cpu(args.threads // processes)  # paddle_eager_mkl_default: its empty MKL_DEBUG_CPU_TYPE is kept
     if variant == "paddle_eager_conv2d":
         import paddle_chexnet.cpu_conv
 

@@ -2,8 +2,9 @@
 
 Importing the package sets no device, reads no file and downloads nothing. Its
 one side effect is on AMD processors: it sets ``MKL_DEBUG_CPU_TYPE=5`` unless
-the user set it, so that the MKL bundled with Paddle runs its AVX2 code (2.4x
-faster here) in this process and the processes it starts, whichever of them
+the user set it, so that the MKL bundled with Paddle runs its AVX2 code (a 2.1x
+faster training step here, BENCHMARKS.md) in this process and the processes it
+starts, whichever of them
 makes the first matrix product (see :mod:`paddle_chexnet.cpu_runtime`).
 """
 from .cpu_runtime import use_mkl_avx2_on_amd

@@ -11,7 +11,8 @@ CPU step fast"):
 * **MKL on AMD processors.** The MKL that Paddle's wheel bundles (2019.0.5)
   runs its generic SSE code on processors that are not Intel's; with
   ``MKL_DEBUG_CPU_TYPE=5`` (honoured by MKL up to 2020.0) it runs its AVX2
-  code instead: the forward pass of DenseNet-121 took 2.4x less time. The
+  code instead: the training step of DenseNet-121 ran 2.1x faster
+  (``benchmarks/bench_train.py``, variant ``paddle_eager_mkl_default``). The
   variable is read at MKL's first matrix product, so the package sets it when
   it is imported (``paddle_chexnet/__init__.py``); it never overrides a value
   the user gave. Every process then runs the same code path, which matters
@@ -103,10 +104,6 @@ def configure_cpu(threads: int | None = None) -> CpuSettings:
     import paddle
 
     threads = threads or default_threads()
-    core = getattr(getattr(paddle, "base", None), "core", None)
-    if core is not None and hasattr(core, "set_num_threads"):
-        core.set_num_threads(threads)
-    else:  # a Paddle without the setter: its flag, read when the CPU context is created
-        paddle.set_flags({"FLAGS_paddle_num_threads": threads})
+    paddle.base.core.set_num_threads(threads)  # MKL's threads (tests/test_cpu_runtime.py checks them)
     logger.debug("CPU math: %d thread(s), %s=%s", threads, MKL_CPU_TYPE_VARIABLE, mkl_cpu_type)
     return CpuSettings(threads=threads, mkl_cpu_type=mkl_cpu_type)

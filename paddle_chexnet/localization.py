@@ -49,7 +49,6 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"} | DICOM_SUFF
 # ---------------------------------------------------------------------------------------------
 
 
-
 def add_heatmap_box_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options ``tools/predict.py`` and ``tools/localize_eval.py`` share, so their defaults agree.
 
@@ -69,6 +68,7 @@ def add_heatmap_box_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layer", default=None,
                         help="layer for gradcam/gradcampp (a child of net.features, e.g. denseblock4); "
                              "default: the last feature map")
+
 
 def infer_densenet_config(state: Mapping[str, object]) -> dict[str, object]:
     """Read a DenseNet's hyper-parameters off its state dict (torchvision names).

@@ -83,9 +83,9 @@ def build_optimizer(
         # Multi-tensor Adam (one merged_adam kernel for all parameters): the same update to float
         # rounding (tests/test_optim.py checks it against torch), and it avoids a CPU trap. With MKL's
         # generic code path (an AMD processor and MKL_DEBUG_CPU_TYPE unset or empty) Paddle's
-        # per-parameter CPU adam kernel left the calling thread in a state where every later matrix
-        # product ran 2.5-3.5x slower (DenseNet-121's forward: 1.1 s before one step, 3.7 s after;
-        # with SGD or merged_adam it stayed at 1.1 s). On MKL's AVX2 path the two measure alike.
+        # per-parameter CPU adam kernel was seen, while profiling, to leave the calling thread in a
+        # state where every later matrix product ran several times slower (not with SGD or
+        # merged_adam). On MKL's AVX2 path the two measure alike (BENCHMARKS.md).
         return paddle.optimizer.Adam(
             learning_rate=learning_rate, beta1=betas[0], beta2=betas[1], epsilon=1e-8,
             parameters=parameters, weight_decay=decay, use_multi_tensor=True,
