@@ -17,6 +17,8 @@ Variants (the default run: torch, paddle_eager, paddle_static, paddle_dp):
     paddle_eager_per_param_adam  paddle_eager with Paddle's per-parameter Adam kernel (what optim avoids)
     paddle_eager_conv2d          paddle_eager with Paddle's own 3x3 convolution (no cpu_conv fold path)
     paddle_eager_mkl_default     paddle_eager without MKL_DEBUG_CPU_TYPE (MKL's own code path)
+    paddle_eager_mkl_avx2        paddle_eager with MKL_DEBUG_CPU_TYPE=5 (MKL's AVX2 kernels, where the package
+                                 would pick its AVX-512 ones on an AMD processor that has them)
     paddle_*_onednn  paddle_eager / paddle_static with FLAGS_use_onednn / FLAGS_use_mkldnn on
     paddle_legacy_static             paddle.Model in static-graph mode on the legacy (non-PIR) program
     paddle_legacy_static_onednn_conv the same with oneDNN kernels for conv2d and conv2d_grad only
@@ -48,7 +50,8 @@ from machine_info import cpu_model  # benchmarks/machine_info.py (run as scripts
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_VARIANTS = ("torch", "paddle_eager", "paddle_static", "paddle_dp")
-VARIANTS = DEFAULT_VARIANTS + ("paddle_eager_per_param_adam", "paddle_eager_mkl_default", "paddle_eager_conv2d",
+VARIANTS = DEFAULT_VARIANTS + ("paddle_eager_per_param_adam", "paddle_eager_mkl_default", "paddle_eager_mkl_avx2",
+                               "paddle_eager_conv2d",
                                "paddle_eager_onednn",
                                "paddle_static_onednn", "paddle_legacy_static", "paddle_legacy_static_onednn_conv")
 # variants that need Paddle's legacy (non-PIR) static graph, chosen before paddle is imported
@@ -134,7 +137,7 @@ def _paddle_step(args: argparse.Namespace, variant: str):
     from paddle_chexnet.optim import build_optimizer
 
     processes = paddle.distributed.get_world_size()
-    configure_cpu(args.threads // processes)  # paddle_eager_mkl_default: its empty MKL_DEBUG_CPU_TYPE is kept
+    configure_cpu(args.threads // processes)  # paddle_eager_mkl_*: the MKL_DEBUG_CPU_TYPE given is kept
     if variant == "paddle_eager_conv2d":
         import paddle_chexnet.cpu_conv
 
@@ -252,6 +255,8 @@ class _Worker:
             env["FLAGS_enable_pir_api"] = "0"
         if variant == "paddle_eager_mkl_default":
             env["MKL_DEBUG_CPU_TYPE"] = ""  # present, so paddle_chexnet keeps it; empty, so MKL ignores it
+        if variant == "paddle_eager_mkl_avx2":
+            env["MKL_DEBUG_CPU_TYPE"] = "5"
         cmd = [sys.executable]
         if variant == "paddle_dp":
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = "1"

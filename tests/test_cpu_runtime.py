@@ -12,19 +12,25 @@ from paddle_chexnet import cpu_runtime
 from paddle_chexnet.cpu_runtime import (
     MKL_CPU_TYPE_VARIABLE,
     configure_cpu,
+    cpu_flags,
     cpu_vendor,
     default_threads,
     local_process_count,
-    use_mkl_avx2_on_amd,
+    mkl_cpu_type_for,
+    use_fast_mkl_on_amd,
 )
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _cpuinfo(tmp_path: Path, vendor: str) -> Path:
+ZEN3_FLAGS = frozenset("fpu sse2 avx fma avx2 bmi2".split())
+ZEN5_FLAGS = ZEN3_FLAGS | {"avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl", "avx512_bf16"}
+
+
+def _cpuinfo(tmp_path: Path, vendor: str, flags: str = "fpu sse2 avx avx2 fma") -> Path:
     path = tmp_path / "cpuinfo"
-    path.write_text(f"processor\t: 0\nvendor_id\t: {vendor}\ncpu family\t: 25\n\nprocessor\t: 1\n"
-                    f"vendor_id\t: {vendor}\n")
+    path.write_text(f"processor\t: 0\nvendor_id\t: {vendor}\ncpu family\t: 25\nflags\t\t: {flags}\n\n"
+                    f"processor\t: 1\nvendor_id\t: {vendor}\nflags\t\t: {flags}\n")
     return path
 
 
@@ -34,16 +40,64 @@ def test_cpu_vendor_reads_cpuinfo(tmp_path):
     assert cpu_vendor(tmp_path / "missing") == ""
 
 
-def test_mkl_avx2_only_on_amd_and_never_over_the_users_value():
+def test_cpu_flags_reads_cpuinfo(tmp_path):
+    assert cpu_flags(_cpuinfo(tmp_path, "AuthenticAMD", "fpu avx2  fma")) == {"fpu", "avx2", "fma"}
+    assert cpu_flags(tmp_path / "missing") == frozenset()
+
+
+@pytest.mark.parametrize(
+    "vendor, flags, expected",
+    [
+        ("AuthenticAMD", ZEN5_FLAGS, "7"),  # Zen 4 / Zen 5: MKL's AVX-512 (Skylake-SP) kernels
+        ("AuthenticAMD", ZEN3_FLAGS, "5"),  # Zen 1-3: its AVX2 kernels
+        ("AuthenticAMD", ZEN5_FLAGS - {"avx512vl"}, "5"),  # a partial AVX-512 set is not enough
+        ("AuthenticAMD", ZEN3_FLAGS - {"avx2"}, None),  # no AVX2: only MKL's own path is safe
+        ("AuthenticAMD", frozenset(), None),  # flags unknown: never guess
+        ("GenuineIntel", ZEN5_FLAGS, None),  # MKL picks Intel's kernels itself
+    ],
+)
+def test_mkl_cpu_type_follows_the_processor_flags(vendor, flags, expected):
+    assert mkl_cpu_type_for(vendor, flags) == expected
+
+
+def test_fast_mkl_only_on_amd_and_never_over_the_users_value():
     environ: dict[str, str] = {}
-    assert use_mkl_avx2_on_amd(environ, vendor="AuthenticAMD") == "5"
+    assert use_fast_mkl_on_amd(environ, vendor="AuthenticAMD", flags=ZEN3_FLAGS) == "5"
     assert environ == {MKL_CPU_TYPE_VARIABLE: "5"}
     environ = {}
-    assert use_mkl_avx2_on_amd(environ, vendor="GenuineIntel") is None
+    assert use_fast_mkl_on_amd(environ, vendor="AuthenticAMD", flags=ZEN5_FLAGS) == "7"
+    assert environ == {MKL_CPU_TYPE_VARIABLE: "7"}
+    environ = {}
+    assert use_fast_mkl_on_amd(environ, vendor="AuthenticAMD", flags=frozenset()) is None
+    assert environ == {}
+    environ = {}
+    assert use_fast_mkl_on_amd(environ, vendor="GenuineIntel", flags=ZEN5_FLAGS) is None
     assert environ == {}
     environ = {MKL_CPU_TYPE_VARIABLE: "2"}
-    assert use_mkl_avx2_on_amd(environ, vendor="AuthenticAMD") == "2"
+    assert use_fast_mkl_on_amd(environ, vendor="AuthenticAMD", flags=ZEN5_FLAGS) == "2"
     assert environ == {MKL_CPU_TYPE_VARIABLE: "2"}
+
+
+def test_the_chosen_mkl_path_runs_and_multiplies_correctly_here():
+    """Whatever this machine's processor makes the package choose, MKL runs it and gets products right."""
+    code = (
+        "import os\n"
+        "import numpy as np\n"
+        "import paddle_chexnet, paddle\n"
+        "rng = np.random.default_rng(0)\n"
+        "a = rng.standard_normal((128, 512)).astype('float32')\n"
+        "b = rng.standard_normal((512, 3136)).astype('float32')\n"
+        "out = paddle.matmul(paddle.to_tensor(a), paddle.to_tensor(b)).numpy()\n"
+        "ref = a.astype('float64') @ b.astype('float64')\n"
+        "print(os.environ.get('MKL_DEBUG_CPU_TYPE'), float(np.abs(out - ref).max() / np.abs(ref).max()))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != MKL_CPU_TYPE_VARIABLE}
+    env["PYTHONPATH"] = str(REPO)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    chosen, error = out.stdout.split()
+    assert chosen == str(mkl_cpu_type_for(cpu_vendor(), cpu_flags()))
+    assert float(error) < 1e-5
 
 
 def test_threads_are_shared_among_the_launched_processes(monkeypatch):
