@@ -29,6 +29,8 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle.autograd import PyLayer
 
+from .cpu_kernels import conv3x3_kernel, conv3x3_kernel_applies
+
 # The fold path pays off from 28x28 feature maps up (BENCHMARKS.md).
 MIN_PIXELS = 28 * 28
 
@@ -81,16 +83,21 @@ def fold_path_applies(x: paddle.Tensor, weight: paddle.Tensor) -> bool:
 
 
 class Conv3x3(nn.Conv2D):
-    """A ``nn.Conv2D(C_in, C_out, 3, padding=1, bias_attr=False)`` that trains by the fold path on the CPU.
+    """A ``nn.Conv2D(C_in, C_out, 3, padding=1, bias_attr=False)`` with faster CPU paths.
 
-    Same parameter (``weight``), same state-dict key, same result to float
-    rounding; see the module docstring for when the path is taken.
+    On the CPU in a dynamic graph it runs the multi-threaded kernel of
+    :mod:`paddle_chexnet.cpu_kernels` (the same arrangement as the fold path,
+    in C++, each thread on its own images); where that kernel cannot be built,
+    training takes the fold path above on maps of 28x28 and larger. Same
+    parameter (``weight``), same state-dict key, same result to float rounding.
     """
 
     def __init__(self, in_channels: int, out_channels: int, weight_attr=None) -> None:
         super().__init__(in_channels, out_channels, 3, padding=1, weight_attr=weight_attr, bias_attr=False)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        if conv3x3_kernel_applies(x, self.weight):
+            return conv3x3_kernel(x, self.weight)
         if fold_path_applies(x, self.weight):
             return conv3x3_fold(x, self.weight)
         return super().forward(x)

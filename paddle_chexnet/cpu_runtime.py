@@ -45,6 +45,10 @@ AVX2_FLAGS = frozenset({"avx2", "fma"})
 AVX512_FLAGS = AVX2_FLAGS | {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"}
 
 
+# the math threads configure_cpu gave this process (Paddle's own default is one)
+_configured_threads = 1
+
+
 @dataclass(frozen=True)
 class CpuSettings:
     """What :func:`configure_cpu` chose: math threads and the MKL code path (``None``: MKL's own choice)."""
@@ -153,7 +157,14 @@ def configure_cpu(threads: int | None = None) -> CpuSettings:
     mkl_cpu_type = use_fast_mkl_on_amd()
     import paddle
 
+    global _configured_threads
     threads = threads or default_threads()
     paddle.base.core.set_num_threads(threads)  # MKL's threads (tests/test_cpu_runtime.py checks them)
+    _configured_threads = threads
     logger.debug("CPU math: %d thread(s), %s=%s", threads, MKL_CPU_TYPE_VARIABLE, mkl_cpu_type)
     return CpuSettings(threads=threads, mkl_cpu_type=mkl_cpu_type)
+
+
+def math_threads() -> int:
+    """The threads :func:`configure_cpu` gave this process, which the package's own CPU kernels use too (1 before)."""
+    return _configured_threads

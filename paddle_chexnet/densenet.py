@@ -8,6 +8,12 @@ here on purpose:
 
 * Paddle's BatchNorm ``momentum`` weights the *old* running statistic, torch's
   weights the *new* one, so torch's 0.1 is Paddle's 0.9.
+* Every BatchNorm that a ReLU follows runs through
+  :func:`~paddle_chexnet.cpu_kernels.batch_norm_relu`: in CPU training, one
+  fused multi-threaded kernel; elsewhere Paddle's BatchNorm then ReLU. The
+  ReLUs of the dense and transition layers hold no parameters, so they are not
+  kept as sublayers; the stem keeps ``relu0`` so that ``features`` can still be
+  stepped through child by child (Grad-CAM on an inner layer does).
 * The network returns logits. CheXNet's reference ends in a ``Sigmoid``; we
   train on logits with BCE-with-logits (stable for rare findings whose
   probabilities approach 0) and apply the sigmoid in :meth:`DenseNet.predict_proba`
@@ -24,6 +30,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from .cpu_conv import Conv3x3
+from .cpu_kernels import batch_norm_relu
 from .labels import CLASS_NAMES
 
 # torch's BatchNorm2d(momentum=0.1, eps=1e-5) in Paddle's convention.
@@ -50,18 +57,16 @@ class _DenseLayer(nn.Layer):
     def __init__(self, in_channels: int, growth_rate: int, bn_size: int, drop_rate: float) -> None:
         super().__init__()
         self.norm1 = _norm(in_channels)
-        self.relu1 = nn.ReLU()
         self.conv1 = _conv(in_channels, bn_size * growth_rate, 1)
         self.norm2 = _norm(bn_size * growth_rate)
-        self.relu2 = nn.ReLU()
         # nn.Conv2D(k=3, padding=1) with a faster CPU training path (cpu_conv.py)
         self.conv2 = Conv3x3(bn_size * growth_rate, growth_rate, weight_attr=_KAIMING)
         self.drop_rate = float(drop_rate)
 
     def forward(self, inputs: list[paddle.Tensor]) -> paddle.Tensor:
         concatenated = paddle.concat(inputs, axis=1) if len(inputs) > 1 else inputs[0]
-        bottleneck = self.conv1(self.relu1(self.norm1(concatenated)))
-        new_features = self.conv2(self.relu2(self.norm2(bottleneck)))
+        bottleneck = self.conv1(batch_norm_relu(concatenated, self.norm1))
+        new_features = self.conv2(batch_norm_relu(bottleneck, self.norm2))
         if self.drop_rate > 0:
             new_features = F.dropout(new_features, p=self.drop_rate, training=self.training)
         return new_features
@@ -92,12 +97,28 @@ class _Transition(nn.Layer):
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         self.norm = _norm(in_channels)
-        self.relu = nn.ReLU()
         self.conv = _conv(in_channels, out_channels, 1)
         self.pool = nn.AvgPool2D(kernel_size=2, stride=2)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        return self.pool(self.conv(self.relu(self.norm(x))))
+        return self.pool(self.conv(batch_norm_relu(x, self.norm)))
+
+
+class _Features(nn.Sequential):
+    """``nn.Sequential`` that runs a BatchNorm2D directly followed by a ReLU as one :func:`batch_norm_relu`."""
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        layers = list(self._sub_layers.values())
+        i = 0
+        while i < len(layers):
+            layer = layers[i]
+            if type(layer) is nn.BatchNorm2D and i + 1 < len(layers) and type(layers[i + 1]) is nn.ReLU:
+                x = batch_norm_relu(x, layer)
+                i += 2
+            else:
+                x = layer(x)
+                i += 1
+        return x
 
 
 class DenseNet(nn.Layer):
@@ -166,7 +187,7 @@ class DenseNet(nn.Layer):
                 body.append((f"transition{i + 1}", _Transition(channels, channels // 2)))
                 channels //= 2
         body.append(("norm5", _norm(channels)))
-        self.features = nn.Sequential(*stem, *body)
+        self.features = _Features(*stem, *body)
         self.num_features = channels
         self.classifier = nn.Linear(
             channels, num_classes, bias_attr=paddle.ParamAttr(initializer=nn.initializer.Constant(0.0))

@@ -1,0 +1,205 @@
+"""Multi-threaded CPU kernels for training (``csrc/cpu_kernels.cc``), compiled once per machine.
+
+Paddle's CPU kernels for BatchNorm and ReLU run on one thread; in a
+DenseNet-121 training step they and the memory they stream through took about
+a fifth of the time (``paddle.profiler``, BENCHMARKS.md). This module builds a
+Paddle custom operator, BatchNorm (training mode) fused with the ReLU that
+follows every BatchNorm in DenseNet, parallel over channels with OpenMP, and
+:func:`batch_norm_relu` uses it where it applies: a CPU tensor in a dynamic
+graph, float32, a ``BatchNorm2D`` in training mode. Everything else (GPUs,
+evaluation, ``to_static`` and exported models) keeps Paddle's own kernels, and
+so does every run where the operator cannot be built.
+
+The source is compiled with the C++ compiler Paddle's ``cpp_extension`` finds
+(``g++``), with ``-march=native``, the first time it is needed (about 7 s), into
+``~/.cache/paddle_chexnet/kernels/<hash>`` (``PADDLE_CHEXNET_KERNEL_DIR`` moves
+it); the hash covers the source, the flags, Paddle's version and the
+processor's instruction sets, so a changed source or another processor builds
+anew and a cached build is never run where it does not fit. Processes started
+together (``paddle.distributed.launch``) build it once, under a file lock.
+
+``PADDLE_CHEXNET_CPU_KERNELS=0`` turns the kernels off. Where the build
+fails (no compiler), a warning says so once and training goes on, slower, with
+Paddle's kernels; the results are the same to float rounding either way
+(``tests/test_cpu_kernels.py``).
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import hashlib
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+import paddle
+import paddle.nn as nn
+
+from .cpu_runtime import cpu_flags, math_threads
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).resolve().parent / "csrc" / "cpu_kernels.cc"
+COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno")
+LINK_FLAGS = ("-Wl,--no-as-needed", "-l:libiomp5.so", "-l:libmklml_intel.so")
+SWITCH_VARIABLE = "PADDLE_CHEXNET_CPU_KERNELS"
+DIRECTORY_VARIABLE = "PADDLE_CHEXNET_KERNEL_DIR"
+
+
+class KernelBuildError(RuntimeError):
+    """The CPU kernels could not be compiled or loaded."""
+
+
+def kernels_enabled(environ=os.environ) -> bool:
+    """False where the user turned the kernels off (``PADDLE_CHEXNET_CPU_KERNELS=0``)."""
+    return environ.get(SWITCH_VARIABLE, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def build_key() -> str:
+    """What a cached build depends on: source, flags, Paddle's version and the processor's instruction sets."""
+    digest = hashlib.sha256()
+    digest.update(SOURCE.read_bytes())
+    digest.update(repr((COMPILE_FLAGS, LINK_FLAGS, paddle.__version__, sorted(cpu_flags()))).encode())
+    return digest.hexdigest()[:16]
+
+
+def build_directory(environ=os.environ) -> Path:
+    """Where builds are kept: ``$PADDLE_CHEXNET_KERNEL_DIR`` or ``~/.cache/paddle_chexnet/kernels``."""
+    if environ.get(DIRECTORY_VARIABLE):
+        return Path(environ[DIRECTORY_VARIABLE]).expanduser()
+    return Path.home() / ".cache" / "paddle_chexnet" / "kernels"
+
+
+@contextlib.contextmanager
+def _output_to(log_path: Path):
+    """Send this process's stdout and stderr (and its children's: the compiler's) to ``log_path``.
+
+    Paddle's extension builder runs setup.py in a subprocess that prints every
+    compiler command and a ccache notice; that belongs in a build log, not in
+    a training log.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(log_path, "w") as log:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+
+
+def _log_tail(log_path: Path, lines: int = 15) -> str:
+    try:
+        text = log_path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return "\n".join(text[-lines:])
+
+
+def build(directory: Path | None = None) -> ModuleType:
+    """Compile (or reuse a cached build of) the kernels and load them.
+
+    Raises:
+        KernelBuildError: the compiler or the loader failed; the message says why and how to go without.
+    """
+    key = build_key()
+    root = (directory or build_directory()) / key
+    log_path = root / "build.log"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with open(root / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one build for all processes of a launch
+            with _output_to(log_path):
+                from paddle.utils.cpp_extension import load  # warns about ccache when imported
+
+                return load(
+                    name=f"paddle_chexnet_cpu_{key}",
+                    sources=[str(SOURCE)],
+                    extra_cxx_cflags=list(COMPILE_FLAGS),
+                    extra_ldflags=list(LINK_FLAGS),
+                    build_directory=str(root),
+                    verbose=False,
+                )
+    except Exception as exc:  # the compiler's, setuptools' and the loader's errors all end here
+        tail = _log_tail(log_path)
+        raise KernelBuildError(
+            f"could not build the CPU training kernels from {SOURCE} in {root}: {type(exc).__name__}: {exc}"
+            + (f"\nlast lines of {log_path}:\n{tail}" if tail else "")
+            + f"\nTraining still works with Paddle's own kernels (slower on the CPU); install a C++ compiler "
+            f"(g++) to get them, or set {SWITCH_VARIABLE}=0 to stop trying."
+        ) from exc
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_kernels() -> ModuleType | None:
+    """The loaded kernels, built on first use; ``None`` where they are turned off or cannot be built."""
+    if not kernels_enabled():
+        return None
+    try:
+        return build()
+    except KernelBuildError as exc:
+        logger.warning("%s", exc)
+        return None
+
+
+def fused_path_applies(x: paddle.Tensor, norm: nn.Layer) -> bool:
+    """True where :func:`batch_norm_relu` runs the fused CPU kernel rather than Paddle's two operators."""
+    return (
+        paddle.in_dynamic_mode()
+        and norm.training
+        and type(norm) is nn.BatchNorm2D  # not SyncBatchNorm, not a subclass with other semantics
+        and getattr(norm, "_data_format", "NCHW") == "NCHW"
+        and not getattr(norm, "_use_global_stats", None)
+        and x.place.is_cpu_place()
+        and x.dtype == paddle.float32
+        and len(x.shape) == 4
+        and cpu_kernels() is not None
+    )
+
+
+def batch_norm_relu(x: paddle.Tensor, norm: nn.BatchNorm2D) -> paddle.Tensor:
+    """``relu(norm(x))``, by the fused multi-threaded kernel where :func:`fused_path_applies`.
+
+    In training mode it normalises with the batch statistics and updates
+    ``norm``'s running mean and variance as Paddle's ``BatchNorm2D`` does.
+    """
+    if not fused_path_applies(x, norm):
+        return paddle.nn.functional.relu(norm(x))
+    y, _mean, _invstd, running_mean, running_variance = cpu_kernels().chexnet_bn_relu(
+        x, norm.weight, norm.bias, norm._mean, norm._variance,
+        float(norm._epsilon), float(norm._momentum), math_threads(),
+    )
+    with paddle.no_grad():
+        paddle.assign(running_mean, norm._mean)
+        paddle.assign(running_variance, norm._variance)
+    return y
+
+
+def conv3x3_kernel_applies(x: paddle.Tensor, weight: paddle.Tensor) -> bool:
+    """True where :func:`conv3x3_kernel` runs: CPU float32 tensors in a dynamic graph, kernels built."""
+    return (
+        paddle.in_dynamic_mode()
+        and x.place.is_cpu_place()
+        and x.dtype == paddle.float32
+        and weight.dtype == paddle.float32
+        and len(x.shape) == 4
+        and cpu_kernels() is not None
+    )
+
+
+def conv3x3_kernel(x: paddle.Tensor, weight: paddle.Tensor) -> paddle.Tensor:
+    """``F.conv2d(x, weight, padding=1)`` (stride 1, no bias) by the multi-threaded CPU kernel, with gradients."""
+    return cpu_kernels().chexnet_conv3x3(x, weight, math_threads())

@@ -1,0 +1,385 @@
+// Multi-threaded CPU kernels for DenseNet training (see paddle_chexnet/cpu_kernels.py).
+//
+// 1. BatchNorm (training mode) + ReLU, fused.
+//
+// Paddle's CPU kernels for BatchNorm and ReLU run on one thread, and between
+// them a dense layer reads and writes its whole input four times. Here the two
+// are one operator, BatchNorm in training mode followed by ReLU, parallel over
+// channels with OpenMP: forward two reads for the statistics (mean, then the
+// centred sum of squares, which stays accurate when the mean is large) and one
+// read and write for the output; backward one read of x, y and dy for the two
+// channel sums and one more for dx. A channel of a DenseNet batch (N x H x W
+// floats, at most 400 KB at batch 8) stays in the core's L2 cache between its
+// passes.
+//
+// Semantics are Paddle's BatchNorm2D (NCHW, training mode) then ReLU:
+//   y = max(0, scale * (x - mean) / sqrt(var + epsilon) + bias)
+// with mean and var the biased batch statistics per channel, and the running
+// statistics updated as running = momentum * running + (1 - momentum) * batch
+// (Paddle updates the running variance with the biased batch variance too).
+// The updated running statistics are outputs, copied into the layer's buffers
+// by the caller: Paddle's eager custom operators refuse to write in place into
+// a layer's buffers while the other inputs need gradients.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "paddle/extension.h"
+
+// CBLAS from the MKL that Paddle's wheel ships (libmklml_intel.so, LP64); the
+// wheel has no CBLAS header, so the standard prototype is declared here.
+extern "C" {
+void cblas_sgemm(int layout, int transa, int transb, int m, int n, int k, float alpha, const float* a,
+                 int lda, const float* b, int ldb, float beta, float* c, int ldc);
+int MKL_Set_Num_Threads_Local(int threads);  // the C name; the lower-case one is Fortran (by pointer)
+}
+
+namespace {
+
+constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
+
+void CheckInput(const paddle::Tensor& x, const char* name) {
+  PD_CHECK(x.is_cpu(), name, " must be a CPU tensor");
+  PD_CHECK(x.dtype() == paddle::DataType::FLOAT32, name, " must be float32");
+}
+
+// Sum of p[0..n) accumulated in float lanes (vectorised), returned as double.
+inline double RowSum(const float* p, int64_t n) {
+  float s = 0.f;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += p[i];
+  return s;
+}
+
+inline double RowCentredSquares(const float* p, int64_t n, float mean) {
+  float s = 0.f;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) {
+    const float d = p[i] - mean;
+    s += d * d;
+  }
+  return s;
+}
+
+}  // namespace
+
+std::vector<paddle::Tensor> BnReluForward(const paddle::Tensor& x,
+                                          const paddle::Tensor& scale,
+                                          const paddle::Tensor& bias,
+                                          const paddle::Tensor& running_mean,
+                                          const paddle::Tensor& running_variance,
+                                          float epsilon, float momentum,
+                                          int threads) {
+  CheckInput(x, "x");
+  PD_CHECK(x.shape().size() == 4, "x must be NCHW");
+  const int64_t batch = x.shape()[0], channels = x.shape()[1];
+  const int64_t pixels = x.shape()[2] * x.shape()[3];
+  const double count = static_cast<double>(batch * pixels);
+  auto y = paddle::empty(x.shape(), x.dtype(), x.place());
+  auto saved_mean = paddle::empty({channels}, x.dtype(), x.place());
+  auto saved_invstd = paddle::empty({channels}, x.dtype(), x.place());
+  const float* xp = x.data<float>();
+  const float* gamma = scale.data<float>();
+  const float* beta = bias.data<float>();
+  float* yp = y.data<float>();
+  float* mean_out = saved_mean.data<float>();
+  float* invstd_out = saved_invstd.data<float>();
+  auto mean_update = paddle::empty({channels}, x.dtype(), x.place());
+  auto variance_update = paddle::empty({channels}, x.dtype(), x.place());
+  const float* rmean = running_mean.data<float>();
+  const float* rvar = running_variance.data<float>();
+  float* rmean_out = mean_update.data<float>();
+  float* rvar_out = variance_update.data<float>();
+
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t c = 0; c < channels; ++c) {
+    double sum = 0.0;
+    for (int64_t n = 0; n < batch; ++n) sum += RowSum(xp + (n * channels + c) * pixels, pixels);
+    const float mean = static_cast<float>(sum / count);
+    double squares = 0.0;
+    for (int64_t n = 0; n < batch; ++n)
+      squares += RowCentredSquares(xp + (n * channels + c) * pixels, pixels, mean);
+    const double variance = squares / count;
+    const float invstd = static_cast<float>(1.0 / std::sqrt(variance + epsilon));
+    const float a = gamma[c] * invstd;
+    const float b = beta[c] - mean * a;
+    for (int64_t n = 0; n < batch; ++n) {
+      const float* in = xp + (n * channels + c) * pixels;
+      float* out = yp + (n * channels + c) * pixels;
+#pragma omp simd
+      for (int64_t i = 0; i < pixels; ++i) {
+        const float v = a * in[i] + b;
+        out[i] = v > 0.f ? v : 0.f;
+      }
+    }
+    mean_out[c] = mean;
+    invstd_out[c] = invstd;
+    rmean_out[c] = momentum * rmean[c] + (1.f - momentum) * mean;
+    rvar_out[c] = momentum * rvar[c] + (1.f - momentum) * static_cast<float>(variance);
+  }
+  return {y, saved_mean, saved_invstd, mean_update, variance_update};
+}
+
+std::vector<paddle::Tensor> BnReluBackward(const paddle::Tensor& x,
+                                           const paddle::Tensor& scale,
+                                           const paddle::Tensor& y,
+                                           const paddle::Tensor& saved_mean,
+                                           const paddle::Tensor& saved_invstd,
+                                           const paddle::Tensor& grad_y,
+                                           int threads) {
+  CheckInput(grad_y, "grad_y");
+  const int64_t batch = x.shape()[0], channels = x.shape()[1];
+  const int64_t pixels = x.shape()[2] * x.shape()[3];
+  const double count = static_cast<double>(batch * pixels);
+  auto grad_x = paddle::empty(x.shape(), x.dtype(), x.place());
+  auto grad_scale = paddle::empty({channels}, x.dtype(), x.place());
+  auto grad_bias = paddle::empty({channels}, x.dtype(), x.place());
+  const float* xp = x.data<float>();
+  const float* yp = y.data<float>();
+  const float* dyp = grad_y.data<float>();
+  const float* gamma = scale.data<float>();
+  const float* mean = saved_mean.data<float>();
+  const float* invstd = saved_invstd.data<float>();
+  float* dxp = grad_x.data<float>();
+  float* dgamma = grad_scale.data<float>();
+  float* dbeta = grad_bias.data<float>();
+
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t c = 0; c < channels; ++c) {
+    const float m = mean[c];
+    double sum_dz = 0.0, sum_dz_centred = 0.0;
+    for (int64_t n = 0; n < batch; ++n) {
+      const int64_t offset = (n * channels + c) * pixels;
+      const float* in = xp + offset;
+      const float* out = yp + offset;
+      const float* dy = dyp + offset;
+      float s = 0.f, t = 0.f;
+#pragma omp simd reduction(+ : s, t)
+      for (int64_t i = 0; i < pixels; ++i) {
+        const float dz = out[i] > 0.f ? dy[i] : 0.f;  // ReLU's gradient, as Paddle's relu_grad
+        s += dz;
+        t += dz * (in[i] - m);
+      }
+      sum_dz += s;
+      sum_dz_centred += t;
+    }
+    const float is = invstd[c];
+    dbeta[c] = static_cast<float>(sum_dz);
+    dgamma[c] = static_cast<float>(sum_dz_centred) * is;
+    // dx = gamma * invstd * (dz - mean(dz) - (x - mean) * invstd^2 * mean(dz * (x - mean)))
+    const float a = gamma[c] * is;
+    const float mean_dz = static_cast<float>(sum_dz / count);
+    const float k = static_cast<float>(sum_dz_centred / count) * is * is;
+    for (int64_t n = 0; n < batch; ++n) {
+      const int64_t offset = (n * channels + c) * pixels;
+      const float* in = xp + offset;
+      const float* out = yp + offset;
+      const float* dy = dyp + offset;
+      float* dx = dxp + offset;
+#pragma omp simd
+      for (int64_t i = 0; i < pixels; ++i) {
+        const float dz = out[i] > 0.f ? dy[i] : 0.f;
+        dx[i] = a * (dz - mean_dz - (in[i] - m) * k);
+      }
+    }
+  }
+  return {grad_x, grad_scale, grad_bias};
+}
+
+std::vector<std::vector<int64_t>> BnReluInferShape(const std::vector<int64_t>& x,
+                                                   const std::vector<int64_t>& scale,
+                                                   const std::vector<int64_t>& bias,
+                                                   const std::vector<int64_t>& running_mean,
+                                                   const std::vector<int64_t>& running_variance,
+                                                   float, float, int) {
+  return {x, {x[1]}, {x[1]}, running_mean, running_variance};
+}
+
+PD_BUILD_OP(chexnet_bn_relu)
+    .Inputs({"X", "Scale", "Bias", "Mean", "Variance"})
+    .Outputs({"Y", "SavedMean", "SavedInvStd", "MeanOut", "VarianceOut"})
+    .Attrs({"epsilon: float", "momentum: float", "threads: int"})
+    .SetKernelFn(PD_KERNEL(BnReluForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(BnReluInferShape));
+
+PD_BUILD_GRAD_OP(chexnet_bn_relu)
+    .Inputs({"X", "Scale", "Y", "SavedMean", "SavedInvStd", paddle::Grad("Y")})
+    .Outputs({paddle::Grad("X"), paddle::Grad("Scale"), paddle::Grad("Bias")})
+    .Attrs({"threads: int"})
+    .SetKernelFn(PD_KERNEL(BnReluBackward));
+
+// 2. 3x3 convolution, stride 1, padding 1, no bias (DenseNet's 128 -> 32 channel convolutions).
+//
+// Paddle's CPU convolution is im2col + a matrix product per image, and im2col
+// copies the 128-channel input nine times over. Here only the 32-channel side
+// is ever expanded, per image n (W9 is the weight as [9 * C_out, C_in], rows
+// ordered by kernel tap k = 3 * kh + kw, then output channel):
+//   forward   Z = W9 x_n                      [9 C_out, H W], one product
+//             y_n[co, h, w] = sum_k Z[k, co, h + kh - 1, w + kw - 1]   (inside the image)
+//   backward  U[k, co, h, w] = dy_n[co, h - kh + 1, w - kw + 1]      (0 outside)
+//             dx_n = W9^T U,  dW9 += U x_n^T                          two products
+// The images are shared among the threads, each running MKL on one thread on
+// its own images with its own buffer and weight-gradient sum (added at the
+// end), so nothing waits for anything; with fewer images than threads the
+// images run one after another with MKL and the shifts multi-threaded.
+
+namespace {
+
+// Z rows for tap k, output channel co, added into y_n at the tap's offset.
+void FoldImage(const float* z, float* y, int64_t cout, int64_t height, int64_t width, bool parallel,
+               int threads) {
+  const int64_t pixels = height * width;
+#pragma omp parallel for schedule(static) num_threads(threads) if (parallel)
+  for (int64_t co = 0; co < cout; ++co) {
+    float* out = y + co * pixels;
+    std::memcpy(out, z + (4 * cout + co) * pixels, pixels * sizeof(float));  // centre tap: no shift
+    for (int k = 0; k < 9; ++k) {
+      if (k == 4) continue;
+      const int64_t dh = k / 3 - 1, dw = k % 3 - 1;
+      const float* zk = z + (k * cout + co) * pixels;
+      const int64_t row_begin = std::max<int64_t>(0, -dh), row_end = std::min(height, height - dh);
+      const int64_t col_begin = std::max<int64_t>(0, -dw), col_end = std::min(width, width - dw);
+      for (int64_t r = row_begin; r < row_end; ++r) {
+        float* dst = out + r * width;
+        const float* src = zk + (r + dh) * width + dw;
+#pragma omp simd
+        for (int64_t c = col_begin; c < col_end; ++c) dst[c] += src[c];
+      }
+    }
+  }
+}
+
+// U[k, co] = dy_n[co] shifted by (1 - kh, 1 - kw), zero where it leaves the image.
+void UnfoldImage(const float* dy, float* u, int64_t cout, int64_t height, int64_t width, bool parallel,
+                 int threads) {
+  const int64_t pixels = height * width;
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads) if (parallel)
+  for (int k = 0; k < 9; ++k) {
+    for (int64_t co = 0; co < cout; ++co) {
+      const int64_t dh = k / 3 - 1, dw = k % 3 - 1;
+      const float* src = dy + co * pixels;
+      float* dst = u + (k * cout + co) * pixels;
+      for (int64_t r = 0; r < height; ++r) {
+        const int64_t source_row = r - dh;
+        float* row = dst + r * width;
+        if (source_row < 0 || source_row >= height) {
+          std::memset(row, 0, width * sizeof(float));
+          continue;
+        }
+        const float* from = src + source_row * width - dw;
+        const int64_t col_begin = std::max<int64_t>(0, dw), col_end = std::min(width, width + dw);
+        for (int64_t c = 0; c < col_begin; ++c) row[c] = 0.f;
+#pragma omp simd
+        for (int64_t c = col_begin; c < col_end; ++c) row[c] = from[c];
+        for (int64_t c = col_end; c < width; ++c) row[c] = 0.f;
+      }
+    }
+  }
+}
+
+// W [C_out, C_in, 3, 3] -> W9 [9, C_out, C_in]
+std::vector<float> TapMajorWeight(const float* weight, int64_t cout, int64_t cin) {
+  std::vector<float> w9(9 * cout * cin);
+  for (int64_t co = 0; co < cout; ++co)
+    for (int64_t ci = 0; ci < cin; ++ci)
+      for (int k = 0; k < 9; ++k) w9[(k * cout + co) * cin + ci] = weight[(co * cin + ci) * 9 + k];
+  return w9;
+}
+
+void CheckConvInputs(const paddle::Tensor& x, const paddle::Tensor& weight) {
+  CheckInput(x, "x");
+  CheckInput(weight, "weight");
+  PD_CHECK(x.shape().size() == 4 && weight.shape().size() == 4, "x and weight must be 4-D");
+  PD_CHECK(weight.shape()[2] == 3 && weight.shape()[3] == 3, "weight must be [C_out, C_in, 3, 3]");
+  PD_CHECK(x.shape()[1] == weight.shape()[1], "x has ", x.shape()[1], " channels, weight expects ",
+           weight.shape()[1]);
+  PD_CHECK(x.is_contiguous() && weight.is_contiguous(), "x and weight must be contiguous");
+}
+
+}  // namespace
+
+std::vector<paddle::Tensor> Conv3x3Forward(const paddle::Tensor& x, const paddle::Tensor& weight, int threads) {
+  CheckConvInputs(x, weight);
+  const int64_t batch = x.shape()[0], cin = x.shape()[1], height = x.shape()[2], width = x.shape()[3];
+  const int64_t cout = weight.shape()[0], pixels = height * width;
+  auto y = paddle::empty({batch, cout, height, width}, x.dtype(), x.place());
+  const std::vector<float> w9 = TapMajorWeight(weight.data<float>(), cout, cin);
+  const float* xp = x.data<float>();
+  float* yp = y.data<float>();
+  const bool per_thread = batch >= threads;
+#pragma omp parallel num_threads(per_thread ? threads : 1)
+  {
+    if (per_thread) MKL_Set_Num_Threads_Local(1);
+    std::vector<float> z(9 * cout * pixels);
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < batch; ++n) {
+      cblas_sgemm(kRowMajor, kNoTrans, kNoTrans, 9 * cout, pixels, cin, 1.f, w9.data(), cin,
+                  xp + n * cin * pixels, pixels, 0.f, z.data(), pixels);
+      FoldImage(z.data(), yp + n * cout * pixels, cout, height, width, !per_thread, threads);
+    }
+    if (per_thread) MKL_Set_Num_Threads_Local(0);
+  }
+  return {y};
+}
+
+std::vector<paddle::Tensor> Conv3x3Backward(const paddle::Tensor& x, const paddle::Tensor& weight,
+                                            const paddle::Tensor& grad_y, int threads) {
+  CheckConvInputs(x, weight);
+  const int64_t batch = x.shape()[0], cin = x.shape()[1], height = x.shape()[2], width = x.shape()[3];
+  const int64_t cout = weight.shape()[0], pixels = height * width, rows = 9 * cout;
+  const paddle::Tensor dy_tensor = grad_y.is_contiguous() ? grad_y : grad_y.contiguous();
+  auto grad_x = paddle::empty(x.shape(), x.dtype(), x.place());
+  auto grad_weight = paddle::empty(weight.shape(), weight.dtype(), weight.place());
+  const std::vector<float> w9 = TapMajorWeight(weight.data<float>(), cout, cin);
+  const float* xp = x.data<float>();
+  const float* dyp = dy_tensor.data<float>();
+  float* dxp = grad_x.data<float>();
+  const bool per_thread = batch >= threads;
+  const int teams = per_thread ? threads : 1;
+  std::vector<float> dw9(static_cast<size_t>(teams) * rows * cin, 0.f);  // one weight-gradient sum per thread
+#pragma omp parallel num_threads(teams)
+  {
+    if (per_thread) MKL_Set_Num_Threads_Local(1);
+    float* my_dw9 = dw9.data() + static_cast<size_t>(omp_get_thread_num()) * rows * cin;
+    std::vector<float> u(rows * pixels);
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < batch; ++n) {
+      UnfoldImage(dyp + n * cout * pixels, u.data(), cout, height, width, !per_thread, threads);
+      cblas_sgemm(kRowMajor, kTrans, kNoTrans, cin, pixels, rows, 1.f, w9.data(), cin, u.data(), pixels, 0.f,
+                  dxp + n * cin * pixels, pixels);
+      cblas_sgemm(kRowMajor, kNoTrans, kTrans, rows, cin, pixels, 1.f, u.data(), pixels, xp + n * cin * pixels,
+                  pixels, 1.f, my_dw9, cin);
+    }
+    if (per_thread) MKL_Set_Num_Threads_Local(0);
+  }
+  float* dwp = grad_weight.data<float>();
+  for (int64_t co = 0; co < cout; ++co)
+    for (int64_t ci = 0; ci < cin; ++ci)
+      for (int k = 0; k < 9; ++k) {
+        float sum = 0.f;
+        for (int t = 0; t < teams; ++t) sum += dw9[(static_cast<size_t>(t) * rows + k * cout + co) * cin + ci];
+        dwp[(co * cin + ci) * 9 + k] = sum;
+      }
+  return {grad_x, grad_weight};
+}
+
+std::vector<std::vector<int64_t>> Conv3x3InferShape(const std::vector<int64_t>& x,
+                                                    const std::vector<int64_t>& weight, int) {
+  return {{x[0], weight[0], x[2], x[3]}};
+}
+
+PD_BUILD_OP(chexnet_conv3x3)
+    .Inputs({"X", "Weight"})
+    .Outputs({"Y"})
+    .Attrs({"threads: int"})
+    .SetKernelFn(PD_KERNEL(Conv3x3Forward))
+    .SetInferShapeFn(PD_INFER_SHAPE(Conv3x3InferShape));
+
+PD_BUILD_GRAD_OP(chexnet_conv3x3)
+    .Inputs({"X", "Weight", paddle::Grad("Y")})
+    .Outputs({paddle::Grad("X"), paddle::Grad("Weight")})
+    .Attrs({"threads: int"})
+    .SetKernelFn(PD_KERNEL(Conv3x3Backward));
