@@ -144,15 +144,23 @@ def build(directory: Path | None = None) -> ModuleType:
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_kernels() -> ModuleType | None:
-    """The loaded kernels, built on first use; ``None`` where they are turned off or cannot be built."""
-    if not kernels_enabled():
-        return None
+def _built_kernels() -> ModuleType | None:
     try:
         return build()
     except KernelBuildError as exc:
         logger.warning("%s", exc)
         return None
+
+
+def cpu_kernels() -> ModuleType | None:
+    """The loaded kernels, built on first use; ``None`` where they are turned off or cannot be built.
+
+    ``PADDLE_CHEXNET_CPU_KERNELS`` is read at every call, so it can be changed
+    while a program runs (the tests compare both paths that way).
+    """
+    if not kernels_enabled():
+        return None
+    return _built_kernels()
 
 
 def fused_path_applies(x: paddle.Tensor, norm: nn.Layer) -> bool:
@@ -166,6 +174,8 @@ def fused_path_applies(x: paddle.Tensor, norm: nn.Layer) -> bool:
         and x.place.is_cpu_place()
         and x.dtype == paddle.float32
         and len(x.shape) == 4
+        # one value per channel: Paddle then normalises with the running statistics; leave it to Paddle
+        and x.shape[0] * x.shape[2] * x.shape[3] > 1
         and cpu_kernels() is not None
     )
 

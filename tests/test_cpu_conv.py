@@ -1,4 +1,8 @@
-"""The fold path of DenseNet's 3x3 convolutions against paddle.nn.functional.conv2d."""
+"""The fold path of DenseNet's 3x3 convolutions against paddle.nn.functional.conv2d.
+
+The fold path is what training uses where the C++ kernels cannot be built, so
+these tests turn the kernels off (tests/test_cpu_kernels.py tests those).
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -9,6 +13,11 @@ import pytest
 from paddle_chexnet import cpu_conv
 from paddle_chexnet.cpu_conv import Conv3x3, conv3x3_fold, fold_path_applies
 from paddle_chexnet.densenet import DenseNet
+
+
+@pytest.fixture(autouse=True)
+def _without_cpu_kernels(monkeypatch):
+    monkeypatch.setenv("PADDLE_CHEXNET_CPU_KERNELS", "0")
 
 
 def _relative(a: paddle.Tensor, b: paddle.Tensor) -> float:

@@ -93,7 +93,12 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(data_dir: Path, t
         assert [r["lr"] for r in full.history] == pytest.approx([5e-3, 5e-4, 5e-4])
 
 
-def test_static_graph_training_matches_eager(data_dir: Path, tmp_path: Path) -> None:
+def test_static_graph_training_matches_eager(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A static program runs Paddle's own kernels, so the eager run does too here: with the package's
+    # C++ CPU kernels the arithmetic rounds differently, and Adam (which divides by the gradient's
+    # size) turns that into weight differences of a few 1e-4 within two epochs. Those kernels are
+    # compared with Paddle's operators in tests/test_cpu_kernels.py.
+    monkeypatch.setenv("PADDLE_CHEXNET_CPU_KERNELS", "0")
     eager = run_training(tiny_config(data_dir, tmp_path / "eager", epochs=2))
     static = run_training(tiny_config(data_dir, tmp_path / "static", epochs=2, to_static=True))
     pe, ps = read_params(eager.last_checkpoint), read_params(static.last_checkpoint)

@@ -1,0 +1,229 @@
+"""The C++ CPU kernels (fused BatchNorm + ReLU, 3x3 convolution) against Paddle's own operators."""
+from __future__ import annotations
+
+import logging
+import shutil
+
+import numpy as np
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+import pytest
+
+from paddle_chexnet import cpu_kernels as kernels_module
+from paddle_chexnet import cpu_runtime
+from paddle_chexnet.cpu_kernels import (
+    KernelBuildError,
+    batch_norm_relu,
+    build,
+    conv3x3_kernel,
+    conv3x3_kernel_applies,
+    cpu_kernels,
+    fused_path_applies,
+    kernels_enabled,
+)
+from paddle_chexnet.densenet import DenseNet
+
+needs_kernels = pytest.mark.skipif(shutil.which("g++") is None, reason="needs a C++ compiler (g++)")
+
+
+def _relative(a, b) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
+
+
+@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
+def threads(request, monkeypatch):
+    monkeypatch.setattr(cpu_runtime, "_configured_threads", request.param)
+    return request.param
+
+
+@needs_kernels
+def test_kernels_build_where_a_compiler_is():
+    assert cpu_kernels() is not None
+
+
+def test_switch_variable_turns_the_kernels_off(monkeypatch):
+    for value in ("0", "false", "off", "No"):
+        monkeypatch.setenv("PADDLE_CHEXNET_CPU_KERNELS", value)
+        assert not kernels_enabled()
+        assert cpu_kernels() is None
+    monkeypatch.setenv("PADDLE_CHEXNET_CPU_KERNELS", "1")
+    assert kernels_enabled()
+
+
+def _norm_with_state(channels: int, rng: np.random.Generator) -> nn.BatchNorm2D:
+    norm = nn.BatchNorm2D(channels, momentum=0.9, epsilon=1e-5)
+    norm.weight.set_value(rng.uniform(0.5, 1.5, channels).astype("float32"))
+    norm.bias.set_value(rng.normal(0, 0.3, channels).astype("float32"))
+    norm._mean.set_value(rng.normal(0, 1, channels).astype("float32"))
+    norm._variance.set_value(rng.uniform(0.5, 2, channels).astype("float32"))
+    return norm
+
+
+@needs_kernels
+@pytest.mark.parametrize("shape", [(8, 64, 28, 28), (3, 5, 7, 9), (2, 3, 1, 1), (2, 1, 4, 4), (4, 16, 1, 3)])
+def test_fused_batch_norm_relu_equals_paddle(shape, threads, monkeypatch):
+    """Output, gradients of x, scale and bias, and the running statistics, in training mode."""
+    rng = np.random.default_rng(sum(shape))
+    x_np = (rng.normal(size=shape) * 2 + 1.5).astype("float32")  # a mean far from 0 tests the variance
+    grad_np = rng.normal(size=shape).astype("float32")
+    results = {}
+    for fused in (False, True):
+        monkeypatch.setenv("PADDLE_CHEXNET_CPU_KERNELS", "1" if fused else "0")
+        norm = _norm_with_state(shape[1], np.random.default_rng(1))
+        norm.train()
+        x = paddle.to_tensor(x_np, stop_gradient=False)
+        assert fused_path_applies(x, norm) == fused
+        y = batch_norm_relu(x, norm)
+        dx, dw, db = paddle.grad(y, [x, norm.weight, norm.bias], paddle.to_tensor(grad_np))
+        results[fused] = [t.numpy() for t in (y, dx, dw, db, norm._mean, norm._variance)]
+    names = ("y", "dx", "dscale", "dbias", "running mean", "running variance")
+    for name, got, expected in zip(names, results[True], results[False]):
+        assert got.shape == expected.shape, name
+        # a gradient that cancels to ~0 is judged on the scale of its inputs
+        assert np.abs(got - expected).max() <= 2e-5 * max(np.abs(expected).max(), 1.0), name
+
+
+@needs_kernels
+def test_fused_path_only_in_training_on_the_cpu_in_a_dynamic_graph():
+    norm = nn.BatchNorm2D(4)
+    x = paddle.randn([2, 4, 3, 3])
+    norm.train()
+    assert fused_path_applies(x, norm)
+    norm.eval()  # running statistics: Paddle's kernel, and no update
+    assert not fused_path_applies(x, norm)
+    before = norm._mean.numpy().copy()
+    np.testing.assert_allclose(batch_norm_relu(x, norm).numpy(), F.relu(norm(x)).numpy())
+    np.testing.assert_array_equal(norm._mean.numpy(), before)
+    norm.train()
+    assert not fused_path_applies(paddle.randn([1, 4, 1, 1]), norm)  # one value per channel: Paddle's own rule
+    assert not fused_path_applies(x.astype("float64"), norm.to(dtype="float64"))
+    assert not fused_path_applies(paddle.randn([2, 4, 3]), nn.BatchNorm1D(4))
+    sync = nn.SyncBatchNorm(4)
+    sync.train()
+    assert not fused_path_applies(x, sync)
+
+
+@needs_kernels
+def test_fused_batch_norm_relu_with_a_frozen_scale_and_bias():
+    norm = nn.BatchNorm2D(3)
+    norm.weight.stop_gradient = norm.bias.stop_gradient = True
+    x = paddle.randn([2, 3, 5, 5])
+    x.stop_gradient = False
+    batch_norm_relu(x, norm).sum().backward()
+    assert x.grad is not None and norm.weight.grad is None
+
+
+@needs_kernels
+@pytest.mark.parametrize(
+    "shape, out_channels",
+    [((8, 128, 28, 28), 32), ((3, 5, 6, 7), 4), ((1, 7, 1, 1), 3), ((2, 3, 2, 5), 2), ((1, 4, 9, 3), 6)],
+)
+def test_conv3x3_kernel_equals_conv2d(shape, out_channels, threads):
+    """Forward and both gradients; batches smaller than the thread count run image after image."""
+    rng = np.random.default_rng(sum(shape) + out_channels)
+    x = paddle.to_tensor(rng.normal(size=shape).astype("float32"), stop_gradient=False)
+    w = paddle.to_tensor(rng.normal(size=(out_channels, shape[1], 3, 3)).astype("float32"), stop_gradient=False)
+    grad_out = paddle.to_tensor(rng.normal(size=(shape[0], out_channels, *shape[2:])).astype("float32"))
+    assert conv3x3_kernel_applies(x, w)
+    expected = F.conv2d(x, w, padding=1)
+    expected_grads = paddle.grad(expected, [x, w], grad_out)
+    got = conv3x3_kernel(x, w)
+    got_grads = paddle.grad(got, [x, w], grad_out)
+    assert _relative(got.numpy(), expected.numpy()) < 1e-5
+    for name, a, b in zip(("dx", "dw"), got_grads, expected_grads):
+        assert _relative(a.numpy(), b.numpy()) < 1e-5, name
+
+
+@needs_kernels
+def test_conv3x3_kernel_with_a_frozen_input_or_weight():
+    x, w = paddle.randn([2, 4, 6, 6]), paddle.randn([3, 4, 3, 3])
+    x.stop_gradient, w.stop_gradient = True, False
+    conv3x3_kernel(x, w).sum().backward()
+    assert w.grad is not None and x.grad is None
+    x.stop_gradient, w.stop_gradient = False, True
+    (dx,) = paddle.grad(conv3x3_kernel(x, w), [x], paddle.ones([2, 3, 6, 6]))
+    (expected,) = paddle.grad(F.conv2d(x, w, padding=1), [x], paddle.ones([2, 3, 6, 6]))
+    assert _relative(dx.numpy(), expected.numpy()) < 1e-5
+
+
+@needs_kernels
+def test_conv3x3_kernel_refuses_a_mismatched_weight():
+    with pytest.raises(Exception, match="channels"):
+        conv3x3_kernel(paddle.randn([1, 4, 5, 5]), paddle.randn([2, 3, 3, 3]))
+
+
+@needs_kernels
+def test_densenet_training_step_same_with_and_without_the_kernels(monkeypatch):
+    """One forward + backward of a small DenseNet: gradients and running statistics agree either way."""
+    def train_step(enabled: bool) -> dict[str, np.ndarray]:
+        monkeypatch.setenv("PADDLE_CHEXNET_CPU_KERNELS", "1" if enabled else "0")
+        paddle.seed(3)
+        net = DenseNet(growth_rate=4, block_config=(2, 2), num_init_features=8, bn_size=2, num_classes=3)
+        net.train()
+        x = paddle.to_tensor(np.random.default_rng(0).normal(size=(3, 3, 64, 64)).astype("float32"))
+        net(x).square().mean().backward()
+        state = {f"grad {n}": p.grad.numpy() for n, p in net.named_parameters() if p.grad is not None}
+        state.update({n: b.numpy() for n, b in net.state_dict().items() if "_mean" in n or "_variance" in n})
+        return state
+
+    calls = {"bn_relu": 0, "conv3x3": 0}
+    original = kernels_module.cpu_kernels
+
+    class _Counting:
+        def __init__(self, module):
+            self.module = module
+
+        def chexnet_bn_relu(self, *args):
+            calls["bn_relu"] += 1
+            return self.module.chexnet_bn_relu(*args)
+
+        def chexnet_conv3x3(self, *args):
+            calls["conv3x3"] += 1
+            return self.module.chexnet_conv3x3(*args)
+
+    monkeypatch.setattr(kernels_module, "cpu_kernels", lambda: original() and _Counting(original()))
+    plain = train_step(enabled=False)
+    assert calls == {"bn_relu": 0, "conv3x3": 0}
+    fused = train_step(enabled=True)
+    # stem norm0, 2 per dense layer (4 layers), 1 transition; 4 dense-layer 3x3 convolutions
+    assert calls == {"bn_relu": 1 + 2 * 4 + 1, "conv3x3": 4}
+    assert plain.keys() == fused.keys()
+    overall = max(float(np.abs(g).max()) for n, g in plain.items() if n.startswith("grad"))
+    for name in plain:
+        scale = overall if name.startswith("grad") else 1.0
+        np.testing.assert_allclose(fused[name], plain[name], rtol=1e-3, atol=1e-5 * scale, err_msg=name)
+
+
+def test_a_failed_build_says_why_and_training_falls_back(tmp_path, monkeypatch, caplog):
+    broken = tmp_path / "broken.cc"
+    broken.write_text("#include \"paddle/extension.h\"\nthis is not C++;\n")
+    monkeypatch.setattr(kernels_module, "SOURCE", broken)
+    with pytest.raises(KernelBuildError) as info:
+        build(tmp_path / "builds")
+    message = str(info.value)
+    assert str(broken) in message and "PADDLE_CHEXNET_CPU_KERNELS=0" in message
+    assert "build.log" in message  # the compiler's own words are quoted from the build log
+    # through cpu_kernels(): a warning, then Paddle's operators
+    monkeypatch.setenv("PADDLE_CHEXNET_KERNEL_DIR", str(tmp_path / "builds"))
+    kernels_module._built_kernels.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="paddle_chexnet.cpu_kernels"):
+            assert cpu_kernels() is None
+        assert "could not build" in caplog.text
+        norm = nn.BatchNorm2D(2)
+        x = paddle.randn([2, 2, 3, 3])
+        assert not fused_path_applies(x, norm)
+        np.testing.assert_allclose(batch_norm_relu(x, norm).numpy(), F.relu(nn.BatchNorm2D(2)(x)).numpy(),
+                                   rtol=1e-6, atol=1e-6)
+    finally:
+        kernels_module._built_kernels.cache_clear()
+
+
+def test_build_key_changes_with_the_source(tmp_path, monkeypatch):
+    first = kernels_module.build_key()
+    changed = tmp_path / "changed.cc"
+    changed.write_text(kernels_module.SOURCE.read_text() + "\n// another version\n")
+    monkeypatch.setattr(kernels_module, "SOURCE", changed)
+    assert kernels_module.build_key() != first
