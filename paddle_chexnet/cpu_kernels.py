@@ -109,6 +109,11 @@ def _log_tail(log_path: Path, lines: int = 15) -> str:
     return "\n".join(text[-lines:])
 
 
+# builds loaded in this process, by key: Paddle registers a custom operator once per process, and a
+# second load of the same library would give a module without the operators
+_loaded: dict[str, ModuleType] = {}
+
+
 def build(directory: Path | None = None) -> ModuleType:
     """Compile (or reuse a cached build of) the kernels and load them.
 
@@ -116,6 +121,8 @@ def build(directory: Path | None = None) -> ModuleType:
         KernelBuildError: the compiler or the loader failed; the message says why and how to go without.
     """
     key = build_key()
+    if key in _loaded:
+        return _loaded[key]
     root = (directory or build_directory()) / key
     log_path = root / "build.log"
     try:
@@ -123,9 +130,9 @@ def build(directory: Path | None = None) -> ModuleType:
         with open(root / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one build for all processes of a launch
             with _output_to(log_path):
-                from paddle.utils.cpp_extension import load  # warns about ccache when imported
+                from paddle.utils.cpp_extension import load
 
-                return load(
+                module = load(
                     name=f"paddle_chexnet_cpu_{key}",
                     sources=[str(SOURCE)],
                     extra_cxx_cflags=list(COMPILE_FLAGS),
@@ -141,15 +148,25 @@ def build(directory: Path | None = None) -> ModuleType:
             + f"\nTraining still works with Paddle's own kernels (slower on the CPU); install a C++ compiler "
             f"(g++) to get them, or set {SWITCH_VARIABLE}=0 to stop trying."
         ) from exc
+    missing = [op for op in ("chexnet_bn_relu", "chexnet_conv3x3") if not hasattr(module, op)]
+    if missing:
+        raise KernelBuildError(f"the build in {root} loaded without the operators {', '.join(missing)}")
+    _loaded[key] = module
+    return module
+
+
+def build_or_warn(directory: Path | None = None) -> ModuleType | None:
+    """:func:`build`, or ``None`` with a warning that says why and that Paddle's kernels are used instead."""
+    try:
+        return build(directory)
+    except KernelBuildError as exc:
+        logger.warning("%s", exc)
+        return None
 
 
 @functools.lru_cache(maxsize=1)
 def _built_kernels() -> ModuleType | None:
-    try:
-        return build()
-    except KernelBuildError as exc:
-        logger.warning("%s", exc)
-        return None
+    return build_or_warn()
 
 
 def cpu_kernels() -> ModuleType | None:

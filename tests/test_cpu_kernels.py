@@ -16,6 +16,7 @@ from paddle_chexnet.cpu_kernels import (
     KernelBuildError,
     batch_norm_relu,
     build,
+    build_or_warn,
     conv3x3_kernel,
     conv3x3_kernel_applies,
     cpu_kernels,
@@ -205,20 +206,22 @@ def test_a_failed_build_says_why_and_training_falls_back(tmp_path, monkeypatch, 
     message = str(info.value)
     assert str(broken) in message and "PADDLE_CHEXNET_CPU_KERNELS=0" in message
     assert "build.log" in message  # the compiler's own words are quoted from the build log
-    # through cpu_kernels(): a warning, then Paddle's operators
-    monkeypatch.setenv("PADDLE_CHEXNET_KERNEL_DIR", str(tmp_path / "builds"))
-    kernels_module._built_kernels.cache_clear()
-    try:
-        with caplog.at_level(logging.WARNING, logger="paddle_chexnet.cpu_kernels"):
-            assert cpu_kernels() is None
-        assert "could not build" in caplog.text
-        norm = nn.BatchNorm2D(2)
-        x = paddle.randn([2, 2, 3, 3])
-        assert not fused_path_applies(x, norm)
-        np.testing.assert_allclose(batch_norm_relu(x, norm).numpy(), F.relu(nn.BatchNorm2D(2)(x)).numpy(),
-                                   rtol=1e-6, atol=1e-6)
-    finally:
-        kernels_module._built_kernels.cache_clear()
+    with caplog.at_level(logging.WARNING, logger="paddle_chexnet.cpu_kernels"):
+        assert build_or_warn(tmp_path / "builds") is None
+    assert "could not build" in caplog.text
+    # with no kernels, the layers run Paddle's operators
+    monkeypatch.setattr(kernels_module, "cpu_kernels", lambda: None)
+    norm = nn.BatchNorm2D(2)
+    x = paddle.randn([2, 2, 3, 3])
+    assert not fused_path_applies(x, norm)
+    assert not conv3x3_kernel_applies(x, paddle.randn([2, 2, 3, 3]))
+    np.testing.assert_allclose(batch_norm_relu(x, norm).numpy(), F.relu(nn.BatchNorm2D(2)(x)).numpy(),
+                               rtol=1e-6, atol=1e-6)
+
+
+@needs_kernels
+def test_building_again_in_the_same_process_gives_the_same_operators():
+    assert build() is cpu_kernels()
 
 
 def test_build_key_changes_with_the_source(tmp_path, monkeypatch):
