@@ -92,7 +92,14 @@ class _DenseBlock(nn.Layer):
 
 
 class _Transition(nn.Layer):
-    """BN-ReLU-Conv1x1 then 2x2 average pooling, halving the resolution."""
+    """BN-ReLU-Conv1x1 then 2x2 average pooling, halving the resolution.
+
+    The pooling runs before the convolution: a 1x1 convolution is the same
+    linear map at every pixel and the pooling averages pixels, so the two
+    commute (torchvision's order, the same function to float rounding), and
+    pooling first gives the convolution a quarter of the pixels, forward and
+    backward.
+    """
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
@@ -101,7 +108,7 @@ class _Transition(nn.Layer):
         self.pool = nn.AvgPool2D(kernel_size=2, stride=2)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        return self.pool(self.conv(batch_norm_relu(x, self.norm)))
+        return self.conv(self.pool(batch_norm_relu(x, self.norm)))
 
 
 class _Features(nn.Sequential):
