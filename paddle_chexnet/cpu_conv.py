@@ -29,7 +29,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle.autograd import PyLayer
 
-from .cpu_kernels import conv3x3_kernel, conv3x3_kernel_applies
+from .cpu_kernels import conv3x3_kernel, conv3x3_kernel_applies, conv_im2col_kernel, kernels_apply
 
 # The fold path pays off from 28x28 feature maps up (BENCHMARKS.md).
 MIN_PIXELS = 28 * 28
@@ -100,4 +100,35 @@ class Conv3x3(nn.Conv2D):
             return conv3x3_kernel(x, self.weight)
         if fold_path_applies(x, self.weight):
             return conv3x3_fold(x, self.weight)
+        return super().forward(x)
+
+
+def _square(value, name: str) -> int:
+    """An int from Paddle's int-or-pair convolution arguments, where both entries are equal."""
+    values = [value] * 2 if isinstance(value, int) else list(value)
+    if len(values) != 2 or values[0] != values[1]:
+        raise ValueError(f"{name} must be one int or two equal ints for the CPU kernel, got {value!r}")
+    return int(values[0])
+
+
+class ThreadedConv2D(nn.Conv2D):
+    """A bias-free ``nn.Conv2D`` (groups 1, dilation 1) that runs the multi-threaded im2col kernel on the CPU.
+
+    DenseNet uses it for the stem (7x7, stride 2), where Paddle's one-thread
+    im2col of the 224x224 image took most of the convolution's time. Same
+    parameter, same state-dict key, same arithmetic (im2col + one product per
+    image; results equal Paddle's to float rounding). GPUs, static graphs and
+    other layouts run ``nn.Conv2D``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
+                 weight_attr=None) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+                         weight_attr=weight_attr, bias_attr=False)
+        self._kernel_stride = _square(stride, "stride")
+        self._kernel_padding = _square(padding, "padding")
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        if self._data_format == "NCHW" and kernels_apply(x, self.weight):
+            return conv_im2col_kernel(x, self.weight, self._kernel_stride, self._kernel_padding)
         return super().forward(x)

@@ -47,6 +47,7 @@ SOURCE = Path(__file__).resolve().parent / "csrc" / "cpu_kernels.cc"
 COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno")
 LINK_FLAGS = ("-Wl,--no-as-needed", "-l:libiomp5.so", "-l:libmklml_intel.so")
 SWITCH_VARIABLE = "PADDLE_CHEXNET_CPU_KERNELS"
+OPERATORS = ("chexnet_bn_relu", "chexnet_conv3x3", "chexnet_conv_im2col", "chexnet_max_pool")
 DIRECTORY_VARIABLE = "PADDLE_CHEXNET_KERNEL_DIR"
 
 
@@ -148,7 +149,7 @@ def build(directory: Path | None = None) -> ModuleType:
             + f"\nTraining still works with Paddle's own kernels (slower on the CPU); install a C++ compiler "
             f"(g++) to get them, or set {SWITCH_VARIABLE}=0 to stop trying."
         ) from exc
-    missing = [op for op in ("chexnet_bn_relu", "chexnet_conv3x3") if not hasattr(module, op)]
+    missing = [op for op in OPERATORS if not hasattr(module, op)]
     if missing:
         raise KernelBuildError(f"the build in {root} loaded without the operators {', '.join(missing)}")
     _loaded[key] = module
@@ -215,18 +216,34 @@ def batch_norm_relu(x: paddle.Tensor, norm: nn.BatchNorm2D) -> paddle.Tensor:
     return y
 
 
-def conv3x3_kernel_applies(x: paddle.Tensor, weight: paddle.Tensor) -> bool:
-    """True where :func:`conv3x3_kernel` runs: CPU float32 tensors in a dynamic graph, kernels built."""
+def kernels_apply(*tensors: paddle.Tensor) -> bool:
+    """True where the kernels can run on these tensors: 4-D float32 on the CPU, a dynamic graph, kernels built."""
     return (
         paddle.in_dynamic_mode()
-        and x.place.is_cpu_place()
-        and x.dtype == paddle.float32
-        and weight.dtype == paddle.float32
-        and len(x.shape) == 4
+        and all(t.place.is_cpu_place() and t.dtype == paddle.float32 and len(t.shape) == 4 for t in tensors)
         and cpu_kernels() is not None
     )
+
+
+def conv3x3_kernel_applies(x: paddle.Tensor, weight: paddle.Tensor) -> bool:
+    """True where :func:`conv3x3_kernel` runs (see :func:`kernels_apply`)."""
+    return kernels_apply(x, weight)
 
 
 def conv3x3_kernel(x: paddle.Tensor, weight: paddle.Tensor) -> paddle.Tensor:
     """``F.conv2d(x, weight, padding=1)`` (stride 1, no bias) by the multi-threaded CPU kernel, with gradients."""
     return cpu_kernels().chexnet_conv3x3(x, weight, math_threads())
+
+
+def conv_im2col_kernel(x: paddle.Tensor, weight: paddle.Tensor, stride: int, padding: int) -> paddle.Tensor:
+    """``F.conv2d(x, weight, stride=stride, padding=padding)`` (no bias, groups 1) by per-image im2col + product.
+
+    The input gradient is computed only when ``x`` needs one (the stem's input is the image).
+    """
+    return cpu_kernels().chexnet_conv_im2col(x, weight, stride, padding, not x.stop_gradient, math_threads())
+
+
+def max_pool_kernel(x: paddle.Tensor, kernel: int, stride: int, padding: int) -> paddle.Tensor:
+    """``F.max_pool2d(x, kernel, stride, padding)`` (NCHW, no ceil mode) by the multi-threaded kernel."""
+    y, _indices = cpu_kernels().chexnet_max_pool(x, kernel, stride, padding, math_threads())
+    return y

@@ -3,17 +3,21 @@
 The layers are named exactly as in ``torchvision.models.densenet`` so that a
 PyTorch state dict maps onto this model by name (``features.conv0``,
 ``features.denseblock1.denselayer1.norm1``, ..., ``features.norm5``,
-``classifier``). Two conventions differ between the frameworks and are set
-here on purpose:
+``classifier``). Conventions that differ from torchvision, on purpose:
 
 * Paddle's BatchNorm ``momentum`` weights the *old* running statistic, torch's
   weights the *new* one, so torch's 0.1 is Paddle's 0.9.
-* Every BatchNorm that a ReLU follows runs through
-  :func:`~paddle_chexnet.cpu_kernels.batch_norm_relu`: in CPU training, one
-  fused multi-threaded kernel; elsewhere Paddle's BatchNorm then ReLU. The
-  ReLUs of the dense and transition layers hold no parameters, so they are not
-  kept as sublayers; the stem keeps ``relu0`` so that ``features`` can still be
+* The CPU-heavy layers have multi-threaded CPU paths (``cpu_kernels.py``,
+  C++ compiled on first use, Paddle's operators where that is not possible):
+  the stem's convolution and pooling, the dense layers' 3x3 convolutions,
+  and every BatchNorm that a ReLU follows, which runs through
+  :func:`~paddle_chexnet.cpu_kernels.batch_norm_relu` (in CPU training one
+  fused kernel; elsewhere Paddle's BatchNorm then ReLU). The ReLUs of the
+  dense and transition layers hold no parameters, so they are not kept as
+  sublayers; the stem keeps ``relu0`` so that ``features`` can still be
   stepped through child by child (Grad-CAM on an inner layer does).
+* A transition pools before its 1x1 convolution (the same function, a
+  quarter of the work; see :class:`_Transition`).
 * The network returns logits. CheXNet's reference ends in a ``Sigmoid``; we
   train on logits with BCE-with-logits (stable for rare findings whose
   probabilities approach 0) and apply the sigmoid in :meth:`DenseNet.predict_proba`
@@ -29,8 +33,9 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from .cpu_conv import Conv3x3
+from .cpu_conv import Conv3x3, ThreadedConv2D
 from .cpu_kernels import batch_norm_relu
+from .cpu_pool import ThreadedMaxPool2D
 from .labels import CLASS_NAMES
 
 # torch's BatchNorm2d(momentum=0.1, eps=1e-5) in Paddle's convention.
@@ -179,11 +184,12 @@ class DenseNet(nn.Layer):
             "num_classes": num_classes,
         }
 
+        # the stem's convolution and pooling: nn.Conv2D / nn.MaxPool2D with multi-threaded CPU paths
         stem = [
-            ("conv0", _conv(3, num_init_features, 7, stride=2, padding=3)),
+            ("conv0", ThreadedConv2D(3, num_init_features, 7, stride=2, padding=3, weight_attr=_KAIMING)),
             ("norm0", _norm(num_init_features)),
             ("relu0", nn.ReLU()),
-            ("pool0", nn.MaxPool2D(kernel_size=3, stride=2, padding=1)),
+            ("pool0", ThreadedMaxPool2D(kernel_size=3, stride=2, padding=1)),
         ]
         body = []
         channels = num_init_features

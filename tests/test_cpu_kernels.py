@@ -18,10 +18,12 @@ from paddle_chexnet.cpu_kernels import (
     build,
     build_or_warn,
     conv3x3_kernel,
+    conv_im2col_kernel,
     conv3x3_kernel_applies,
     cpu_kernels,
     fused_path_applies,
     kernels_enabled,
+    max_pool_kernel,
 )
 from paddle_chexnet.densenet import DenseNet
 
@@ -156,6 +158,75 @@ def test_conv3x3_kernel_refuses_a_mismatched_weight():
 
 
 @needs_kernels
+@pytest.mark.parametrize(
+    "shape, out_channels, kernel, stride, padding",
+    [((4, 3, 224, 224), 64, 7, 2, 3), ((3, 4, 9, 11), 5, 3, 2, 1), ((1, 2, 5, 5), 3, 5, 1, 2),
+     ((2, 3, 8, 8), 4, 1, 1, 0), ((2, 2, 6, 7), 3, 2, 2, 0)],
+)
+def test_im2col_convolution_kernel_equals_conv2d(shape, out_channels, kernel, stride, padding, threads):
+    rng = np.random.default_rng(sum(shape) + kernel)
+    x = paddle.to_tensor(rng.normal(size=shape).astype("float32"), stop_gradient=False)
+    w = paddle.to_tensor(rng.normal(size=(out_channels, shape[1], kernel, kernel)).astype("float32"),
+                         stop_gradient=False)
+    expected = F.conv2d(x, w, stride=stride, padding=padding)
+    grad_out = paddle.to_tensor(rng.normal(size=expected.shape).astype("float32"))
+    expected_grads = paddle.grad(expected, [x, w], grad_out)
+    got = conv_im2col_kernel(x, w, stride, padding)
+    got_grads = paddle.grad(got, [x, w], grad_out)
+    assert got.shape == expected.shape
+    assert _relative(got.numpy(), expected.numpy()) < 1e-5
+    for name, a, b in zip(("dx", "dw"), got_grads, expected_grads):
+        assert _relative(a.numpy(), b.numpy()) < 1e-5, name
+
+
+@needs_kernels
+def test_im2col_convolution_skips_the_input_gradient_of_an_image():
+    x = paddle.randn([2, 3, 16, 16])  # stop_gradient, as an input image
+    w = paddle.randn([4, 3, 7, 7])
+    w.stop_gradient = False
+    got = conv_im2col_kernel(x, w, 2, 3)
+    (dw,) = paddle.grad(got, [w], paddle.ones(got.shape))
+    (expected,) = paddle.grad(F.conv2d(x, w, stride=2, padding=3), [w], paddle.ones(got.shape))
+    assert _relative(dw.numpy(), expected.numpy()) < 1e-5 and x.grad is None
+
+
+@needs_kernels
+@pytest.mark.parametrize(
+    "shape, kernel, stride, padding",
+    [((8, 64, 112, 112), 3, 2, 1), ((2, 3, 7, 9), 3, 2, 1), ((1, 2, 5, 5), 2, 2, 0), ((2, 2, 6, 6), 3, 1, 1)],
+)
+def test_max_pool_kernel_equals_paddle_including_ties(shape, kernel, stride, padding, threads):
+    """After a ReLU many windows tie at 0; the gradient goes where Paddle sends it (the first maximum)."""
+    rng = np.random.default_rng(sum(shape))
+    x_np = np.maximum(rng.normal(size=shape), 0).astype("float32")
+    x_np[..., :2, :2] = 1.0  # ties between positive values too
+    x = paddle.to_tensor(x_np, stop_gradient=False)
+    expected = F.max_pool2d(x, kernel, stride, padding)
+    grad_out = paddle.to_tensor(rng.normal(size=expected.shape).astype("float32"))
+    (expected_dx,) = paddle.grad(expected, [x], grad_out)
+    got = max_pool_kernel(x, kernel, stride, padding)
+    (dx,) = paddle.grad(got, [x], grad_out)
+    np.testing.assert_array_equal(got.numpy(), expected.numpy())
+    np.testing.assert_array_equal(dx.numpy(), expected_dx.numpy())
+
+
+@needs_kernels
+def test_stem_layers_take_the_kernels_only_where_they_apply():
+    from paddle_chexnet.cpu_conv import ThreadedConv2D
+    from paddle_chexnet.cpu_pool import ThreadedMaxPool2D
+
+    conv = ThreadedConv2D(3, 4, 7, stride=2, padding=3)
+    pool = ThreadedMaxPool2D(3, 2, 1)
+    assert list(conv.state_dict()) == ["weight"] and conv.bias is None
+    x = paddle.randn([2, 3, 32, 32])
+    np.testing.assert_allclose(conv(x).numpy(), F.conv2d(x, conv.weight, stride=2, padding=3).numpy(),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(pool(x).numpy(), F.max_pool2d(x, 3, 2, 1).numpy())
+    with pytest.raises(ValueError, match="stride"):
+        ThreadedConv2D(3, 4, 3, stride=(1, 2))
+
+
+@needs_kernels
 def test_densenet_training_step_same_with_and_without_the_kernels(monkeypatch):
     """One forward + backward of a small DenseNet: gradients and running statistics agree either way."""
     def train_step(enabled: bool) -> dict[str, np.ndarray]:
@@ -169,27 +240,27 @@ def test_densenet_training_step_same_with_and_without_the_kernels(monkeypatch):
         state.update({n: b.numpy() for n, b in net.state_dict().items() if "_mean" in n or "_variance" in n})
         return state
 
-    calls = {"bn_relu": 0, "conv3x3": 0}
+    calls = {op: 0 for op in kernels_module.OPERATORS}
     original = kernels_module.cpu_kernels
 
     class _Counting:
         def __init__(self, module):
             self.module = module
 
-        def chexnet_bn_relu(self, *args):
-            calls["bn_relu"] += 1
-            return self.module.chexnet_bn_relu(*args)
+        def __getattr__(self, op):
+            def counted(*args):
+                calls[op] += 1
+                return getattr(self.module, op)(*args)
 
-        def chexnet_conv3x3(self, *args):
-            calls["conv3x3"] += 1
-            return self.module.chexnet_conv3x3(*args)
+            return counted
 
     monkeypatch.setattr(kernels_module, "cpu_kernels", lambda: original() and _Counting(original()))
     plain = train_step(enabled=False)
-    assert calls == {"bn_relu": 0, "conv3x3": 0}
+    assert not any(calls.values())
     fused = train_step(enabled=True)
-    # stem norm0, 2 per dense layer (4 layers), 1 transition; 4 dense-layer 3x3 convolutions
-    assert calls == {"bn_relu": 1 + 2 * 4 + 1, "conv3x3": 4}
+    # stem norm0, 2 per dense layer (4 layers), 1 transition; 4 dense-layer 3x3 convolutions; the stem
+    assert calls == {"chexnet_bn_relu": 1 + 2 * 4 + 1, "chexnet_conv3x3": 4, "chexnet_conv_im2col": 1,
+                     "chexnet_max_pool": 1}
     assert plain.keys() == fused.keys()
     overall = max(float(np.abs(g).max()) for n, g in plain.items() if n.startswith("grad"))
     for name in plain:

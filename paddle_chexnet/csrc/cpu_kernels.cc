@@ -383,3 +383,264 @@ PD_BUILD_GRAD_OP(chexnet_conv3x3)
     .Outputs({paddle::Grad("X"), paddle::Grad("Weight")})
     .Attrs({"threads: int"})
     .SetKernelFn(PD_KERNEL(Conv3x3Backward));
+
+// 3. Any other convolution (groups 1, no bias) by im2col + one product per image, images shared
+//    among the threads as in 2. DenseNet's stem (7x7, stride 2, 3 -> 64 channels at 224x224) is
+//    where Paddle's single-threaded im2col cost most. The columns are made again in the backward
+//    pass rather than kept (7 MB per image for the stem). The input gradient (col2im) is computed
+//    only when asked for: the stem's input is the image.
+
+namespace {
+
+struct ConvGeometry {
+  int64_t cin, height, width, cout, kernel_h, kernel_w, stride, padding, out_h, out_w;
+  int64_t Rows() const { return cin * kernel_h * kernel_w; }
+  int64_t OutPixels() const { return out_h * out_w; }
+};
+
+ConvGeometry Geometry(const paddle::Tensor& x, const paddle::Tensor& weight, int stride, int padding) {
+  ConvGeometry g{x.shape()[1], x.shape()[2], x.shape()[3], weight.shape()[0], weight.shape()[2],
+                 weight.shape()[3], stride, padding, 0, 0};
+  PD_CHECK(stride >= 1 && padding >= 0, "stride must be >= 1 and padding >= 0");
+  g.out_h = (g.height + 2 * padding - g.kernel_h) / stride + 1;
+  g.out_w = (g.width + 2 * padding - g.kernel_w) / stride + 1;
+  PD_CHECK(g.out_h >= 1 && g.out_w >= 1, "the kernel is larger than the padded input");
+  return g;
+}
+
+// The first output column ow >= 0 with ow * stride >= offset (offset may be negative).
+inline int64_t FirstInside(int64_t offset, int64_t stride) {
+  return offset <= 0 ? 0 : (offset + stride - 1) / stride;
+}
+
+// cols[(ci, i, j), (oh, ow)] = x[ci, oh * stride - padding + i, ow * stride - padding + j] (0 outside)
+void Im2Col(const float* x, float* cols, const ConvGeometry& g) {
+  const int64_t out_pixels = g.OutPixels();
+  for (int64_t ci = 0; ci < g.cin; ++ci)
+    for (int64_t i = 0; i < g.kernel_h; ++i)
+      for (int64_t j = 0; j < g.kernel_w; ++j) {
+        float* row = cols + ((ci * g.kernel_h + i) * g.kernel_w + j) * out_pixels;
+        for (int64_t oh = 0; oh < g.out_h; ++oh) {
+          const int64_t h = oh * g.stride - g.padding + i;
+          float* out = row + oh * g.out_w;
+          if (h < 0 || h >= g.height) {
+            std::memset(out, 0, g.out_w * sizeof(float));
+            continue;
+          }
+          // the columns whose source lies inside the row, then a loop with no bounds test
+          const float* in = x + (ci * g.height + h) * g.width - g.padding + j;
+          const int64_t begin = std::min(g.out_w, FirstInside(g.padding - j, g.stride));
+          const int64_t end = std::max(begin, std::min(g.out_w, FirstInside(g.width + g.padding - j, g.stride)));
+          for (int64_t ow = 0; ow < begin; ++ow) out[ow] = 0.f;
+          for (int64_t ow = begin; ow < end; ++ow) out[ow] = in[ow * g.stride];
+          for (int64_t ow = end; ow < g.out_w; ++ow) out[ow] = 0.f;
+        }
+      }
+}
+
+// the adjoint of Im2Col: dx[ci, h, w] += dcols[(ci, i, j), (oh, ow)]
+void Col2Im(const float* cols, float* dx, const ConvGeometry& g) {
+  const int64_t out_pixels = g.OutPixels();
+  std::memset(dx, 0, g.cin * g.height * g.width * sizeof(float));
+  for (int64_t ci = 0; ci < g.cin; ++ci)
+    for (int64_t i = 0; i < g.kernel_h; ++i)
+      for (int64_t j = 0; j < g.kernel_w; ++j) {
+        const float* row = cols + ((ci * g.kernel_h + i) * g.kernel_w + j) * out_pixels;
+        for (int64_t oh = 0; oh < g.out_h; ++oh) {
+          const int64_t h = oh * g.stride - g.padding + i;
+          if (h < 0 || h >= g.height) continue;
+          float* out = dx + (ci * g.height + h) * g.width - g.padding + j;
+          const float* in = row + oh * g.out_w;
+          const int64_t begin = std::min(g.out_w, FirstInside(g.padding - j, g.stride));
+          const int64_t end = std::max(begin, std::min(g.out_w, FirstInside(g.width + g.padding - j, g.stride)));
+          for (int64_t ow = begin; ow < end; ++ow) out[ow * g.stride] += in[ow];
+        }
+      }
+}
+
+}  // namespace
+
+std::vector<paddle::Tensor> ConvIm2ColForward(const paddle::Tensor& x, const paddle::Tensor& weight, int stride,
+                                              int padding, bool input_grad, int threads) {
+  CheckInput(x, "x");
+  CheckInput(weight, "weight");
+  PD_CHECK(x.is_contiguous() && weight.is_contiguous(), "x and weight must be contiguous");
+  PD_CHECK(x.shape()[1] == weight.shape()[1], "x has ", x.shape()[1], " channels, weight expects ",
+           weight.shape()[1]);
+  const ConvGeometry g = Geometry(x, weight, stride, padding);
+  const int64_t batch = x.shape()[0], rows = g.Rows(), out_pixels = g.OutPixels();
+  auto y = paddle::empty({batch, g.cout, g.out_h, g.out_w}, x.dtype(), x.place());
+  const float* xp = x.data<float>();
+  const float* wp = weight.data<float>();
+  float* yp = y.data<float>();
+  const int teams = static_cast<int>(std::min<int64_t>(threads, batch));
+#pragma omp parallel num_threads(teams)
+  {
+    MKL_Set_Num_Threads_Local(1);
+    std::vector<float> cols(rows * out_pixels);
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < batch; ++n) {
+      Im2Col(xp + n * g.cin * g.height * g.width, cols.data(), g);
+      cblas_sgemm(kRowMajor, kNoTrans, kNoTrans, g.cout, out_pixels, rows, 1.f, wp, rows, cols.data(),
+                  out_pixels, 0.f, yp + n * g.cout * out_pixels, out_pixels);
+    }
+    MKL_Set_Num_Threads_Local(0);
+  }
+  return {y};
+}
+
+std::vector<paddle::Tensor> ConvIm2ColBackward(const paddle::Tensor& x, const paddle::Tensor& weight,
+                                               const paddle::Tensor& grad_y, int stride, int padding,
+                                               bool input_grad, int threads) {
+  const ConvGeometry g = Geometry(x, weight, stride, padding);
+  const int64_t batch = x.shape()[0], rows = g.Rows(), out_pixels = g.OutPixels();
+  const paddle::Tensor dy_tensor = grad_y.is_contiguous() ? grad_y : grad_y.contiguous();
+  // with input_grad false the framework drops this gradient (the input needs none); zeros all the same
+  auto grad_x = input_grad ? paddle::empty(x.shape(), x.dtype(), x.place())
+                           : paddle::zeros(x.shape(), x.dtype(), x.place());
+  auto grad_weight = paddle::empty(weight.shape(), weight.dtype(), weight.place());
+  const float* xp = x.data<float>();
+  const float* wp = weight.data<float>();
+  const float* dyp = dy_tensor.data<float>();
+  float* dxp = grad_x.data<float>();
+  const int teams = static_cast<int>(std::min<int64_t>(threads, batch));
+  std::vector<float> partial(static_cast<size_t>(teams) * g.cout * rows, 0.f);
+#pragma omp parallel num_threads(teams)
+  {
+    MKL_Set_Num_Threads_Local(1);
+    float* my_dw = partial.data() + static_cast<size_t>(omp_get_thread_num()) * g.cout * rows;
+    std::vector<float> cols(rows * out_pixels);
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < batch; ++n) {
+      const float* dy = dyp + n * g.cout * out_pixels;
+      Im2Col(xp + n * g.cin * g.height * g.width, cols.data(), g);
+      cblas_sgemm(kRowMajor, kNoTrans, kTrans, g.cout, rows, out_pixels, 1.f, dy, out_pixels, cols.data(),
+                  out_pixels, 1.f, my_dw, rows);
+      if (input_grad) {
+        cblas_sgemm(kRowMajor, kTrans, kNoTrans, rows, out_pixels, g.cout, 1.f, wp, rows, dy, out_pixels, 0.f,
+                    cols.data(), out_pixels);
+        Col2Im(cols.data(), dxp + n * g.cin * g.height * g.width, g);
+      }
+    }
+    MKL_Set_Num_Threads_Local(0);
+  }
+  float* dwp = grad_weight.data<float>();
+  const int64_t size = g.cout * rows;
+  for (int64_t i = 0; i < size; ++i) {
+    float sum = 0.f;
+    for (int t = 0; t < teams; ++t) sum += partial[static_cast<size_t>(t) * size + i];
+    dwp[i] = sum;
+  }
+  return {grad_x, grad_weight};
+}
+
+std::vector<std::vector<int64_t>> ConvIm2ColInferShape(const std::vector<int64_t>& x,
+                                                       const std::vector<int64_t>& weight, int stride,
+                                                       int padding, bool, int) {
+  return {{x[0], weight[0], (x[2] + 2 * padding - weight[2]) / stride + 1,
+           (x[3] + 2 * padding - weight[3]) / stride + 1}};
+}
+
+PD_BUILD_OP(chexnet_conv_im2col)
+    .Inputs({"X", "Weight"})
+    .Outputs({"Y"})
+    .Attrs({"stride: int", "padding: int", "input_grad: bool", "threads: int"})
+    .SetKernelFn(PD_KERNEL(ConvIm2ColForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(ConvIm2ColInferShape));
+
+PD_BUILD_GRAD_OP(chexnet_conv_im2col)
+    .Inputs({"X", "Weight", paddle::Grad("Y")})
+    .Outputs({paddle::Grad("X"), paddle::Grad("Weight")})
+    .Attrs({"stride: int", "padding: int", "input_grad: bool", "threads: int"})
+    .SetKernelFn(PD_KERNEL(ConvIm2ColBackward));
+
+// 4. Max pooling (no ceil mode), parallel over image planes. The forward pass keeps, for each
+//    output, the position of the first maximum in the window (row by row), which is where Paddle's
+//    max-pool gradient goes too.
+
+std::vector<paddle::Tensor> MaxPoolForward(const paddle::Tensor& x, int kernel, int stride, int padding,
+                                           int threads) {
+  CheckInput(x, "x");
+  PD_CHECK(x.shape().size() == 4 && x.is_contiguous(), "x must be a contiguous NCHW tensor");
+  PD_CHECK(kernel >= 1 && stride >= 1 && padding >= 0 && 2 * padding <= kernel,
+           "max pooling needs kernel >= 1, stride >= 1 and 0 <= padding <= kernel / 2");
+  const int64_t planes = x.shape()[0] * x.shape()[1], height = x.shape()[2], width = x.shape()[3];
+  const int64_t out_h = (height + 2 * padding - kernel) / stride + 1;
+  const int64_t out_w = (width + 2 * padding - kernel) / stride + 1;
+  PD_CHECK(out_h >= 1 && out_w >= 1, "the pooling window is larger than the padded input");
+  auto y = paddle::empty({x.shape()[0], x.shape()[1], out_h, out_w}, x.dtype(), x.place());
+  auto indices = paddle::empty({x.shape()[0], x.shape()[1], out_h, out_w}, paddle::DataType::INT32, x.place());
+  const float* xp = x.data<float>();
+  float* yp = y.data<float>();
+  int32_t* ip = indices.data<int32_t>();
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t p = 0; p < planes; ++p) {
+    const float* in = xp + p * height * width;
+    for (int64_t oh = 0; oh < out_h; ++oh) {
+      const int64_t h0 = std::max<int64_t>(0, oh * stride - padding);
+      const int64_t h1 = std::min(height, oh * stride - padding + kernel);
+      for (int64_t ow = 0; ow < out_w; ++ow) {
+        const int64_t w0 = std::max<int64_t>(0, ow * stride - padding);
+        const int64_t w1 = std::min(width, ow * stride - padding + kernel);
+        int64_t best = h0 * width + w0;
+        float value = in[best];
+        for (int64_t h = h0; h < h1; ++h)
+          for (int64_t w = w0; w < w1; ++w)
+            if (in[h * width + w] > value) {
+              value = in[h * width + w];
+              best = h * width + w;
+            }
+        const int64_t o = (p * out_h + oh) * out_w + ow;
+        yp[o] = value;
+        ip[o] = static_cast<int32_t>(best);
+      }
+    }
+  }
+  return {y, indices};
+}
+
+std::vector<paddle::Tensor> MaxPoolBackward(const paddle::Tensor& x, const paddle::Tensor& indices,
+                                            const paddle::Tensor& grad_y, int kernel, int stride, int padding,
+                                            int threads) {
+  const paddle::Tensor dy_tensor = grad_y.is_contiguous() ? grad_y : grad_y.contiguous();
+  const int64_t planes = x.shape()[0] * x.shape()[1], pixels = x.shape()[2] * x.shape()[3];
+  const int64_t out_pixels = indices.shape()[2] * indices.shape()[3];
+  auto grad_x = paddle::empty(x.shape(), x.dtype(), x.place());
+  const float* dyp = dy_tensor.data<float>();
+  const int32_t* ip = indices.data<int32_t>();
+  float* dxp = grad_x.data<float>();
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t p = 0; p < planes; ++p) {
+    float* dx = dxp + p * pixels;
+    std::memset(dx, 0, pixels * sizeof(float));
+    const float* dy = dyp + p * out_pixels;
+    const int32_t* index = ip + p * out_pixels;
+    for (int64_t o = 0; o < out_pixels; ++o) dx[index[o]] += dy[o];
+  }
+  return {grad_x};
+}
+
+std::vector<std::vector<int64_t>> MaxPoolInferShape(const std::vector<int64_t>& x, int kernel, int stride,
+                                                    int padding, int) {
+  const std::vector<int64_t> out{x[0], x[1], (x[2] + 2 * padding - kernel) / stride + 1,
+                                 (x[3] + 2 * padding - kernel) / stride + 1};
+  return {out, out};
+}
+
+std::vector<paddle::DataType> MaxPoolInferDtype(const paddle::DataType& x) {
+  return {x, paddle::DataType::INT32};
+}
+
+PD_BUILD_OP(chexnet_max_pool)
+    .Inputs({"X"})
+    .Outputs({"Y", "Indices"})
+    .Attrs({"kernel: int", "stride: int", "padding: int", "threads: int"})
+    .SetKernelFn(PD_KERNEL(MaxPoolForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(MaxPoolInferShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(MaxPoolInferDtype));
+
+PD_BUILD_GRAD_OP(chexnet_max_pool)
+    .Inputs({"X", "Indices", paddle::Grad("Y")})
+    .Outputs({paddle::Grad("X")})
+    .Attrs({"kernel: int", "stride: int", "padding: int", "threads: int"})
+    .SetKernelFn(PD_KERNEL(MaxPoolBackward));
