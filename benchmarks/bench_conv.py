@@ -1,4 +1,4 @@
-"""Every convolution of DenseNet-121, forward + backward: torch against Paddle, with and without the fold path.
+"""Every convolution of DenseNet-121, forward + backward: torch against Paddle's paths.
 
 For each convolution of the network (stem, the 1x1 and 3x3 convolutions of all
 58 dense layers, the transitions) at its own input size, the best of
@@ -6,8 +6,11 @@ For each convolution of the network (stem, the 1x1 and 3x3 convolutions of all
 size and feature-map size. Variants, each in its own process:
 
     torch          torch.nn.Conv2d (oneDNN)
-    paddle         paddle_chexnet's layers as DenseNet uses them: 3x3 by product + fold
-                   (paddle_chexnet/cpu_conv.py) on maps of 28x28 and larger, nn.Conv2D elsewhere
+    paddle         paddle_chexnet's layers as DenseNet uses them: the C++ kernels of
+                   paddle_chexnet/cpu_kernels.py for the 3x3 convolutions and the 7x7 stem,
+                   nn.Conv2D for the 1x1 ones
+    paddle_fold    the same without the C++ kernels (PADDLE_CHEXNET_CPU_KERNELS=0): 3x3 by
+                   product + fold in Paddle operators on maps of 28x28 and larger
     paddle_conv2d  Paddle's own nn.Conv2D for all of them
 
 The stem's input gets no gradient (as an image would not). Example:
@@ -27,7 +30,7 @@ from pathlib import Path
 from machine_info import cpu_model  # benchmarks/machine_info.py (run as scripts from any folder)
 
 REPO = Path(__file__).resolve().parents[1]
-VARIANTS = ("torch", "paddle", "paddle_conv2d")
+VARIANTS = ("torch", "paddle", "paddle_fold", "paddle_conv2d")
 
 
 def densenet121_convolutions():
@@ -77,6 +80,8 @@ def run_worker(args: argparse.Namespace) -> dict[str, float]:
     from paddle_chexnet.cpu_runtime import configure_cpu
 
     configure_cpu(args.threads)
+    if args.worker != "paddle":
+        os.environ["PADDLE_CHEXNET_CPU_KERNELS"] = "0"
     if args.worker == "paddle_conv2d":
         cpu_conv.MIN_PIXELS = 1 << 62  # never take the fold path
     for cin, cout, k, stride, side in densenet121_convolutions():
@@ -84,6 +89,8 @@ def run_worker(args: argparse.Namespace) -> dict[str, float]:
         x.stop_gradient = k == 7
         if k == 3:
             conv = cpu_conv.Conv3x3(cin, cout)
+        elif k == 7:
+            conv = cpu_conv.ThreadedConv2D(cin, cout, k, stride, k // 2)
         else:
             conv = paddle.nn.Conv2D(cin, cout, k, stride, k // 2, bias_attr=False)
 

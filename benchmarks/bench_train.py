@@ -15,7 +15,9 @@ Variants (the default run: torch, paddle_eager, paddle_static, paddle_dp):
     paddle_dp        train.py's step data-parallel over the cores: paddle.distributed.launch starts one
                      process per thread (gloo), each with one thread and its share of the batch
     paddle_eager_per_param_adam  paddle_eager with Paddle's per-parameter Adam kernel (what optim avoids)
-    paddle_eager_conv2d          paddle_eager with Paddle's own 3x3 convolution (no cpu_conv fold path)
+    paddle_eager_no_cpu_kernels  paddle_eager without the package's C++ CPU kernels (PADDLE_CHEXNET_CPU_KERNELS=0:
+                                 Paddle's operators, with the fold path for 3x3 convolutions)
+    paddle_eager_conv2d          paddle_eager_no_cpu_kernels with Paddle's own 3x3 convolution (no fold path)
     paddle_eager_mkl_default     paddle_eager without MKL_DEBUG_CPU_TYPE (MKL's own code path)
     paddle_eager_mkl_avx2        paddle_eager with MKL_DEBUG_CPU_TYPE=5 (MKL's AVX2 kernels, where the package
                                  would pick its AVX-512 ones on an AMD processor that has them)
@@ -50,8 +52,8 @@ from machine_info import cpu_model  # benchmarks/machine_info.py (run as scripts
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_VARIANTS = ("torch", "paddle_eager", "paddle_static", "paddle_dp")
-VARIANTS = DEFAULT_VARIANTS + ("paddle_eager_per_param_adam", "paddle_eager_mkl_default", "paddle_eager_mkl_avx2",
-                               "paddle_eager_conv2d",
+VARIANTS = DEFAULT_VARIANTS + ("paddle_eager_no_cpu_kernels", "paddle_eager_per_param_adam",
+                               "paddle_eager_mkl_default", "paddle_eager_mkl_avx2", "paddle_eager_conv2d",
                                "paddle_eager_onednn",
                                "paddle_static_onednn", "paddle_legacy_static", "paddle_legacy_static_onednn_conv")
 # variants that need Paddle's legacy (non-PIR) static graph, chosen before paddle is imported
@@ -257,6 +259,8 @@ class _Worker:
             env["MKL_DEBUG_CPU_TYPE"] = ""  # present, so paddle_chexnet keeps it; empty, so MKL ignores it
         if variant == "paddle_eager_mkl_avx2":
             env["MKL_DEBUG_CPU_TYPE"] = "5"
+        if variant in ("paddle_eager_no_cpu_kernels", "paddle_eager_conv2d"):
+            env["PADDLE_CHEXNET_CPU_KERNELS"] = "0"
         cmd = [sys.executable]
         if variant == "paddle_dp":
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = "1"
