@@ -47,7 +47,7 @@ SOURCE = Path(__file__).resolve().parent / "csrc" / "cpu_kernels.cc"
 COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno")
 LINK_FLAGS = ("-Wl,--no-as-needed", "-l:libiomp5.so", "-l:libmklml_intel.so")
 SWITCH_VARIABLE = "PADDLE_CHEXNET_CPU_KERNELS"
-OPERATORS = ("chexnet_bn_relu", "chexnet_conv3x3", "chexnet_conv_im2col", "chexnet_max_pool")
+OPERATORS = ("chexnet_bn_relu", "chexnet_bn_relu_pool", "chexnet_conv3x3", "chexnet_conv_im2col", "chexnet_max_pool")
 DIRECTORY_VARIABLE = "PADDLE_CHEXNET_KERNEL_DIR"
 
 
@@ -206,10 +206,40 @@ def batch_norm_relu(x: paddle.Tensor, norm: nn.BatchNorm2D) -> paddle.Tensor:
     """
     if not fused_path_applies(x, norm):
         return paddle.nn.functional.relu(norm(x))
-    y, _mean, _invstd, running_mean, running_variance = cpu_kernels().chexnet_bn_relu(
-        x, norm.weight, norm.bias, norm._mean, norm._variance,
-        float(norm._epsilon), float(norm._momentum), math_threads(),
+    return _with_running_statistics(norm, cpu_kernels().chexnet_bn_relu(*_batch_norm_arguments(x, norm)))
+
+
+def _is_plain_2x2_average_pool(pool: nn.Layer) -> bool:
+    return (
+        type(pool) is nn.AvgPool2D
+        and pool.ksize in (2, [2, 2], (2, 2))
+        and pool.stride in (2, [2, 2], (2, 2))
+        and pool.padding in (0, [0, 0], (0, 0))
+        and not pool.ceil_mode
+        and pool.divisor is None
+        and pool.data_format == "NCHW"
     )
+
+
+def batch_norm_relu_pool(x: paddle.Tensor, norm: nn.BatchNorm2D, pool: nn.Layer) -> paddle.Tensor:
+    """``pool(relu(norm(x)))`` for a 2x2 stride-2 ``AvgPool2D``, fused where :func:`fused_path_applies`.
+
+    The full-resolution output of the ReLU is never written; the backward pass
+    recomputes its mask. Other pools, and shapes below 2x2, run Paddle's layers.
+    """
+    if not (fused_path_applies(x, norm) and _is_plain_2x2_average_pool(pool) and min(x.shape[2:]) >= 2):
+        return pool(paddle.nn.functional.relu(norm(x)))
+    return _with_running_statistics(norm, cpu_kernels().chexnet_bn_relu_pool(*_batch_norm_arguments(x, norm)))
+
+
+def _batch_norm_arguments(x: paddle.Tensor, norm: nn.BatchNorm2D) -> tuple:
+    return (x, norm.weight, norm.bias, norm._mean, norm._variance, float(norm._epsilon), float(norm._momentum),
+            math_threads())
+
+
+def _with_running_statistics(norm: nn.BatchNorm2D, outputs) -> paddle.Tensor:
+    """Copy a fused kernel's updated running statistics into ``norm`` and return its output."""
+    y, _mean, _invstd, running_mean, running_variance = outputs
     with paddle.no_grad():
         paddle.assign(running_mean, norm._mean)
         paddle.assign(running_variance, norm._variance)

@@ -34,7 +34,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from .cpu_conv import Conv3x3, ThreadedConv2D
-from .cpu_kernels import batch_norm_relu
+from .cpu_kernels import batch_norm_relu, batch_norm_relu_pool
 from .cpu_pool import ThreadedMaxPool2D
 from .labels import CLASS_NAMES
 
@@ -113,7 +113,7 @@ class _Transition(nn.Layer):
         self.pool = nn.AvgPool2D(kernel_size=2, stride=2)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        return self.conv(self.pool(batch_norm_relu(x, self.norm)))
+        return self.conv(batch_norm_relu_pool(x, self.norm, self.pool))
 
 
 class _Features(nn.Sequential):

@@ -15,6 +15,7 @@ from paddle_chexnet import cpu_runtime
 from paddle_chexnet.cpu_kernels import (
     KernelBuildError,
     batch_norm_relu,
+    batch_norm_relu_pool,
     build,
     build_or_warn,
     conv3x3_kernel,
@@ -64,13 +65,11 @@ def _norm_with_state(channels: int, rng: np.random.Generator) -> nn.BatchNorm2D:
     return norm
 
 
-@needs_kernels
-@pytest.mark.parametrize("shape", [(8, 64, 28, 28), (3, 5, 7, 9), (2, 3, 1, 1), (2, 1, 4, 4), (4, 16, 1, 3)])
-def test_fused_batch_norm_relu_equals_paddle(shape, threads, monkeypatch):
-    """Output, gradients of x, scale and bias, and the running statistics, in training mode."""
+def _assert_fused_equals_paddle(shape, output_shape, run, monkeypatch) -> None:
+    """``run(x, norm)`` with the kernels and with Paddle's operators: output, gradients, running statistics."""
     rng = np.random.default_rng(sum(shape))
     x_np = (rng.normal(size=shape) * 2 + 1.5).astype("float32")  # a mean far from 0 tests the variance
-    grad_np = rng.normal(size=shape).astype("float32")
+    grad_np = rng.normal(size=output_shape).astype("float32")
     results = {}
     for fused in (False, True):
         monkeypatch.setenv("PADDLE_CHEXNET_CPU_KERNELS", "1" if fused else "0")
@@ -78,7 +77,7 @@ def test_fused_batch_norm_relu_equals_paddle(shape, threads, monkeypatch):
         norm.train()
         x = paddle.to_tensor(x_np, stop_gradient=False)
         assert fused_path_applies(x, norm) == fused
-        y = batch_norm_relu(x, norm)
+        y = run(x, norm)
         dx, dw, db = paddle.grad(y, [x, norm.weight, norm.bias], paddle.to_tensor(grad_np))
         results[fused] = [t.numpy() for t in (y, dx, dw, db, norm._mean, norm._variance)]
     names = ("y", "dx", "dscale", "dbias", "running mean", "running variance")
@@ -86,6 +85,48 @@ def test_fused_batch_norm_relu_equals_paddle(shape, threads, monkeypatch):
         assert got.shape == expected.shape, name
         # a gradient that cancels to ~0 is judged on the scale of its inputs
         assert np.abs(got - expected).max() <= 2e-5 * max(np.abs(expected).max(), 1.0), name
+
+
+@needs_kernels
+@pytest.mark.parametrize("shape", [(8, 64, 28, 28), (3, 5, 7, 9), (2, 3, 1, 1), (2, 1, 4, 4), (4, 16, 1, 3)])
+def test_fused_batch_norm_relu_equals_paddle(shape, threads, monkeypatch):
+    """BatchNorm in training mode + ReLU."""
+    _assert_fused_equals_paddle(shape, shape, batch_norm_relu, monkeypatch)
+
+
+@needs_kernels
+@pytest.mark.parametrize("shape", [(8, 64, 28, 28), (3, 5, 7, 9), (2, 4, 2, 3), (1, 3, 6, 2)])
+def test_fused_batch_norm_relu_pool_equals_paddle(shape, threads, monkeypatch):
+    """A transition's BatchNorm + ReLU + AvgPool2D(2, 2), odd sides included (the last row/column is dropped)."""
+    output_shape = (shape[0], shape[1], shape[2] // 2, shape[3] // 2)
+    _assert_fused_equals_paddle(shape, output_shape, lambda x, norm: batch_norm_relu_pool(x, norm, nn.AvgPool2D(2, 2)),
+                                monkeypatch)
+
+
+@needs_kernels
+def test_fused_pool_only_for_a_plain_2x2_average_pool():
+    norm = nn.BatchNorm2D(2)
+    x = paddle.randn([2, 2, 6, 6])
+    calls = []
+    original = kernels_module.cpu_kernels()
+
+    class _Spy:
+        def __getattr__(self, op):
+            calls.append(op)
+            return getattr(original, op)
+
+    kernels = kernels_module.cpu_kernels
+    try:
+        kernels_module.cpu_kernels = lambda: _Spy()
+        for pool in (nn.AvgPool2D(3, 2), nn.AvgPool2D(2, 2, padding=1), nn.AvgPool2D(2, 2, ceil_mode=True),
+                     nn.MaxPool2D(2, 2)):
+            np.testing.assert_allclose(batch_norm_relu_pool(x, norm, pool).numpy(), pool(F.relu(norm(x))).numpy(),
+                                       rtol=1e-5, atol=1e-5)
+        assert "chexnet_bn_relu_pool" not in calls
+        batch_norm_relu_pool(x, norm, nn.AvgPool2D(2, 2))
+        assert "chexnet_bn_relu_pool" in calls
+    finally:
+        kernels_module.cpu_kernels = kernels
 
 
 @needs_kernels
@@ -258,9 +299,9 @@ def test_densenet_training_step_same_with_and_without_the_kernels(monkeypatch):
     plain = train_step(enabled=False)
     assert not any(calls.values())
     fused = train_step(enabled=True)
-    # stem norm0, 2 per dense layer (4 layers), 1 transition; 4 dense-layer 3x3 convolutions; the stem
-    assert calls == {"chexnet_bn_relu": 1 + 2 * 4 + 1, "chexnet_conv3x3": 4, "chexnet_conv_im2col": 1,
-                     "chexnet_max_pool": 1}
+    # stem norm0 and 2 per dense layer (4 layers); the transition; 4 dense-layer 3x3 convolutions; the stem
+    assert calls == {"chexnet_bn_relu": 1 + 2 * 4, "chexnet_bn_relu_pool": 1, "chexnet_conv3x3": 4,
+                     "chexnet_conv_im2col": 1, "chexnet_max_pool": 1}
     assert plain.keys() == fused.keys()
     overall = max(float(np.abs(g).max()) for n, g in plain.items() if n.startswith("grad"))
     for name in plain:

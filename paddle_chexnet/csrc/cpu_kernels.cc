@@ -25,6 +25,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "paddle/extension.h"
@@ -64,6 +65,62 @@ inline double RowCentredSquares(const float* p, int64_t n, float mean) {
   return s;
 }
 
+// A BatchNorm's per-channel batch statistics in training mode, and the four
+// per-channel tensors it returns besides its output: the saved mean and
+// 1/std for the backward pass, and the updated running mean and variance.
+class BatchStatistics {
+ public:
+  BatchStatistics(const paddle::Tensor& x, const paddle::Tensor& scale, const paddle::Tensor& bias,
+                  const paddle::Tensor& running_mean, const paddle::Tensor& running_variance, float epsilon,
+                  float momentum)
+      : batch_(x.shape()[0]),
+        channels_(x.shape()[1]),
+        pixels_(x.shape()[2] * x.shape()[3]),
+        epsilon_(epsilon),
+        momentum_(momentum),
+        x_(x.data<float>()),
+        gamma_(scale.data<float>()),
+        beta_(bias.data<float>()),
+        running_mean_(running_mean.data<float>()),
+        running_variance_(running_variance.data<float>()),
+        saved_mean_(paddle::empty({channels_}, x.dtype(), x.place())),
+        saved_invstd_(paddle::empty({channels_}, x.dtype(), x.place())),
+        mean_update_(paddle::empty({channels_}, x.dtype(), x.place())),
+        variance_update_(paddle::empty({channels_}, x.dtype(), x.place())) {}
+
+  // Channel c's statistics, stored; returns (a, b) with BatchNorm(x) = a * x + b on that channel.
+  // Channels are independent, so threads may call it for different channels at once.
+  std::pair<float, float> Channel(int64_t c) {
+    const double count = static_cast<double>(batch_ * pixels_);
+    double sum = 0.0;
+    for (int64_t n = 0; n < batch_; ++n) sum += RowSum(x_ + (n * channels_ + c) * pixels_, pixels_);
+    const float mean = static_cast<float>(sum / count);
+    double squares = 0.0;
+    for (int64_t n = 0; n < batch_; ++n)
+      squares += RowCentredSquares(x_ + (n * channels_ + c) * pixels_, pixels_, mean);
+    const double variance = squares / count;
+    const float invstd = static_cast<float>(1.0 / std::sqrt(variance + epsilon_));
+    saved_mean_.data<float>()[c] = mean;
+    saved_invstd_.data<float>()[c] = invstd;
+    mean_update_.data<float>()[c] = momentum_ * running_mean_[c] + (1.f - momentum_) * mean;
+    variance_update_.data<float>()[c] =
+        momentum_ * running_variance_[c] + (1.f - momentum_) * static_cast<float>(variance);
+    const float a = gamma_[c] * invstd;
+    return {a, beta_[c] - mean * a};
+  }
+
+  // The operator's outputs: y, then the saved and updated statistics.
+  std::vector<paddle::Tensor> Outputs(const paddle::Tensor& y) const {
+    return {y, saved_mean_, saved_invstd_, mean_update_, variance_update_};
+  }
+
+ private:
+  const int64_t batch_, channels_, pixels_;
+  const float epsilon_, momentum_;
+  const float *x_, *gamma_, *beta_, *running_mean_, *running_variance_;
+  paddle::Tensor saved_mean_, saved_invstd_, mean_update_, variance_update_;
+};
+
 }  // namespace
 
 std::vector<paddle::Tensor> BnReluForward(const paddle::Tensor& x,
@@ -74,38 +131,17 @@ std::vector<paddle::Tensor> BnReluForward(const paddle::Tensor& x,
                                           float epsilon, float momentum,
                                           int threads) {
   CheckInput(x, "x");
-  PD_CHECK(x.shape().size() == 4, "x must be NCHW");
+  PD_CHECK(x.shape().size() == 4 && x.is_contiguous(), "x must be a contiguous NCHW tensor");
   const int64_t batch = x.shape()[0], channels = x.shape()[1];
   const int64_t pixels = x.shape()[2] * x.shape()[3];
-  const double count = static_cast<double>(batch * pixels);
   auto y = paddle::empty(x.shape(), x.dtype(), x.place());
-  auto saved_mean = paddle::empty({channels}, x.dtype(), x.place());
-  auto saved_invstd = paddle::empty({channels}, x.dtype(), x.place());
+  BatchStatistics statistics(x, scale, bias, running_mean, running_variance, epsilon, momentum);
   const float* xp = x.data<float>();
-  const float* gamma = scale.data<float>();
-  const float* beta = bias.data<float>();
   float* yp = y.data<float>();
-  float* mean_out = saved_mean.data<float>();
-  float* invstd_out = saved_invstd.data<float>();
-  auto mean_update = paddle::empty({channels}, x.dtype(), x.place());
-  auto variance_update = paddle::empty({channels}, x.dtype(), x.place());
-  const float* rmean = running_mean.data<float>();
-  const float* rvar = running_variance.data<float>();
-  float* rmean_out = mean_update.data<float>();
-  float* rvar_out = variance_update.data<float>();
 
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t c = 0; c < channels; ++c) {
-    double sum = 0.0;
-    for (int64_t n = 0; n < batch; ++n) sum += RowSum(xp + (n * channels + c) * pixels, pixels);
-    const float mean = static_cast<float>(sum / count);
-    double squares = 0.0;
-    for (int64_t n = 0; n < batch; ++n)
-      squares += RowCentredSquares(xp + (n * channels + c) * pixels, pixels, mean);
-    const double variance = squares / count;
-    const float invstd = static_cast<float>(1.0 / std::sqrt(variance + epsilon));
-    const float a = gamma[c] * invstd;
-    const float b = beta[c] - mean * a;
+    const auto [a, b] = statistics.Channel(c);
     for (int64_t n = 0; n < batch; ++n) {
       const float* in = xp + (n * channels + c) * pixels;
       float* out = yp + (n * channels + c) * pixels;
@@ -115,12 +151,8 @@ std::vector<paddle::Tensor> BnReluForward(const paddle::Tensor& x,
         out[i] = v > 0.f ? v : 0.f;
       }
     }
-    mean_out[c] = mean;
-    invstd_out[c] = invstd;
-    rmean_out[c] = momentum * rmean[c] + (1.f - momentum) * mean;
-    rvar_out[c] = momentum * rvar[c] + (1.f - momentum) * static_cast<float>(variance);
   }
-  return {y, saved_mean, saved_invstd, mean_update, variance_update};
+  return statistics.Outputs(y);
 }
 
 std::vector<paddle::Tensor> BnReluBackward(const paddle::Tensor& x,
@@ -210,6 +242,125 @@ PD_BUILD_GRAD_OP(chexnet_bn_relu)
     .Outputs({paddle::Grad("X"), paddle::Grad("Scale"), paddle::Grad("Bias")})
     .Attrs({"threads: int"})
     .SetKernelFn(PD_KERNEL(BnReluBackward));
+
+// 1b. BatchNorm (training mode) + ReLU + 2x2 average pooling, fused: a DenseNet transition up to
+//     its 1x1 convolution (which follows the pooling, see densenet.py). Only the pooled map is
+//     written; the backward pass recomputes the ReLU's mask from x. Pooling as Paddle's
+//     AvgPool2D(2, 2): no padding, a last odd row or column left out.
+
+std::vector<paddle::Tensor> BnReluPoolForward(const paddle::Tensor& x, const paddle::Tensor& scale,
+                                              const paddle::Tensor& bias, const paddle::Tensor& running_mean,
+                                              const paddle::Tensor& running_variance, float epsilon,
+                                              float momentum, int threads) {
+  CheckInput(x, "x");
+  PD_CHECK(x.shape().size() == 4 && x.is_contiguous(), "x must be a contiguous NCHW tensor");
+  const int64_t batch = x.shape()[0], channels = x.shape()[1], height = x.shape()[2], width = x.shape()[3];
+  const int64_t out_h = height / 2, out_w = width / 2, pixels = height * width;
+  PD_CHECK(out_h >= 1 && out_w >= 1, "2x2 pooling needs maps of at least 2x2");
+  auto y = paddle::empty({batch, channels, out_h, out_w}, x.dtype(), x.place());
+  BatchStatistics statistics(x, scale, bias, running_mean, running_variance, epsilon, momentum);
+  const float* xp = x.data<float>();
+  float* yp = y.data<float>();
+
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t c = 0; c < channels; ++c) {
+    const auto [a, b] = statistics.Channel(c);
+    for (int64_t n = 0; n < batch; ++n) {
+      const float* in = xp + (n * channels + c) * pixels;
+      float* out = yp + (n * channels + c) * out_h * out_w;
+      for (int64_t oh = 0; oh < out_h; ++oh) {
+        const float* top = in + 2 * oh * width;
+        const float* bottom = top + width;
+        for (int64_t ow = 0; ow < out_w; ++ow) {
+          const float v0 = std::max(0.f, a * top[2 * ow] + b), v1 = std::max(0.f, a * top[2 * ow + 1] + b);
+          const float v2 = std::max(0.f, a * bottom[2 * ow] + b), v3 = std::max(0.f, a * bottom[2 * ow + 1] + b);
+          out[oh * out_w + ow] = 0.25f * ((v0 + v1) + (v2 + v3));
+        }
+      }
+    }
+  }
+  return statistics.Outputs(y);
+}
+
+std::vector<paddle::Tensor> BnReluPoolBackward(const paddle::Tensor& x, const paddle::Tensor& scale,
+                                               const paddle::Tensor& bias, const paddle::Tensor& saved_mean,
+                                               const paddle::Tensor& saved_invstd, const paddle::Tensor& grad_y,
+                                               int threads) {
+  const paddle::Tensor dy_tensor = grad_y.is_contiguous() ? grad_y : grad_y.contiguous();
+  const int64_t batch = x.shape()[0], channels = x.shape()[1], height = x.shape()[2], width = x.shape()[3];
+  const int64_t out_h = height / 2, out_w = width / 2, pixels = height * width;
+  const double count = static_cast<double>(batch * pixels);
+  auto grad_x = paddle::empty(x.shape(), x.dtype(), x.place());
+  auto grad_scale = paddle::empty({channels}, x.dtype(), x.place());
+  auto grad_bias = paddle::empty({channels}, x.dtype(), x.place());
+  const float* xp = x.data<float>();
+  const float* dyp = dy_tensor.data<float>();
+  const float* gamma = scale.data<float>();
+  const float* beta = bias.data<float>();
+  const float* mean = saved_mean.data<float>();
+  const float* invstd = saved_invstd.data<float>();
+  float* dxp = grad_x.data<float>();
+
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t c = 0; c < channels; ++c) {
+    const float m = mean[c], is = invstd[c];
+    const float a = gamma[c] * is, b = beta[c] - m * a;
+    // dz: the pooled gradient / 4 where the ReLU let the value through, 0 elsewhere (and off the pooled area)
+    auto dz = [&](const float* in, const float* dy, int64_t h, int64_t w) -> float {
+      if (h >= 2 * out_h || w >= 2 * out_w) return 0.f;
+      return a * in[h * width + w] + b > 0.f ? 0.25f * dy[(h / 2) * out_w + w / 2] : 0.f;
+    };
+    double sum_dz = 0.0, sum_dz_centred = 0.0;
+    for (int64_t n = 0; n < batch; ++n) {
+      const float* in = xp + (n * channels + c) * pixels;
+      const float* dy = dyp + (n * channels + c) * out_h * out_w;
+      float s = 0.f, t = 0.f;
+      for (int64_t h = 0; h < height; ++h)
+        for (int64_t w = 0; w < width; ++w) {
+          const float g = dz(in, dy, h, w);
+          s += g;
+          t += g * (in[h * width + w] - m);
+        }
+      sum_dz += s;
+      sum_dz_centred += t;
+    }
+    grad_bias.data<float>()[c] = static_cast<float>(sum_dz);
+    grad_scale.data<float>()[c] = static_cast<float>(sum_dz_centred) * is;
+    const float mean_dz = static_cast<float>(sum_dz / count);
+    const float k = static_cast<float>(sum_dz_centred / count) * is * is;
+    for (int64_t n = 0; n < batch; ++n) {
+      const float* in = xp + (n * channels + c) * pixels;
+      const float* dy = dyp + (n * channels + c) * out_h * out_w;
+      float* dx = dxp + (n * channels + c) * pixels;
+      for (int64_t h = 0; h < height; ++h)
+        for (int64_t w = 0; w < width; ++w)
+          dx[h * width + w] = a * (dz(in, dy, h, w) - mean_dz - (in[h * width + w] - m) * k);
+    }
+  }
+  return {grad_x, grad_scale, grad_bias};
+}
+
+std::vector<std::vector<int64_t>> BnReluPoolInferShape(const std::vector<int64_t>& x,
+                                                       const std::vector<int64_t>& scale,
+                                                       const std::vector<int64_t>& bias,
+                                                       const std::vector<int64_t>& running_mean,
+                                                       const std::vector<int64_t>& running_variance,
+                                                       float, float, int) {
+  return {{x[0], x[1], x[2] / 2, x[3] / 2}, {x[1]}, {x[1]}, running_mean, running_variance};
+}
+
+PD_BUILD_OP(chexnet_bn_relu_pool)
+    .Inputs({"X", "Scale", "Bias", "Mean", "Variance"})
+    .Outputs({"Y", "SavedMean", "SavedInvStd", "MeanOut", "VarianceOut"})
+    .Attrs({"epsilon: float", "momentum: float", "threads: int"})
+    .SetKernelFn(PD_KERNEL(BnReluPoolForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(BnReluPoolInferShape));
+
+PD_BUILD_GRAD_OP(chexnet_bn_relu_pool)
+    .Inputs({"X", "Scale", "Bias", "SavedMean", "SavedInvStd", paddle::Grad("Y")})
+    .Outputs({paddle::Grad("X"), paddle::Grad("Scale"), paddle::Grad("Bias")})
+    .Attrs({"threads: int"})
+    .SetKernelFn(PD_KERNEL(BnReluPoolBackward));
 
 // 2. 3x3 convolution, stride 1, padding 1, no bias (DenseNet's 128 -> 32 channel convolutions).
 //
