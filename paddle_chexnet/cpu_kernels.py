@@ -47,7 +47,8 @@ SOURCE = Path(__file__).resolve().parent / "csrc" / "cpu_kernels.cc"
 COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno")
 LINK_FLAGS = ("-Wl,--no-as-needed", "-l:libiomp5.so", "-l:libmklml_intel.so")
 SWITCH_VARIABLE = "PADDLE_CHEXNET_CPU_KERNELS"
-OPERATORS = ("chexnet_bn_relu", "chexnet_bn_relu_pool", "chexnet_conv3x3", "chexnet_conv_im2col", "chexnet_max_pool")
+OPERATORS = ("chexnet_bn_relu", "chexnet_bn_relu_pool", "chexnet_concat", "chexnet_conv3x3", "chexnet_conv_im2col",
+             "chexnet_max_pool")
 DIRECTORY_VARIABLE = "PADDLE_CHEXNET_KERNEL_DIR"
 
 
@@ -277,3 +278,10 @@ def max_pool_kernel(x: paddle.Tensor, kernel: int, stride: int, padding: int) ->
     """``F.max_pool2d(x, kernel, stride, padding)`` (NCHW, no ceil mode) by the multi-threaded kernel."""
     y, _indices = cpu_kernels().chexnet_max_pool(x, kernel, stride, padding, math_threads())
     return y
+
+
+def concat_channels(pieces: list[paddle.Tensor]) -> paddle.Tensor:
+    """``paddle.concat(pieces, axis=1)`` for NCHW maps, by the multi-threaded kernel where it applies."""
+    if len(pieces) > 1 and kernels_apply(*pieces):
+        return cpu_kernels().chexnet_concat(list(pieces), math_threads())
+    return paddle.concat(pieces, axis=1) if len(pieces) > 1 else pieces[0]

@@ -9,8 +9,8 @@ PyTorch state dict maps onto this model by name (``features.conv0``,
   weights the *new* one, so torch's 0.1 is Paddle's 0.9.
 * The CPU-heavy layers have multi-threaded CPU paths (``cpu_kernels.py``,
   C++ compiled on first use, Paddle's operators where that is not possible):
-  the stem's convolution and pooling, the dense layers' 3x3 convolutions,
-  and every BatchNorm that a ReLU follows, which runs through
+  the stem's convolution and pooling, the dense layers' 3x3 convolutions and
+  concatenations, and every BatchNorm that a ReLU follows, which runs through
   :func:`~paddle_chexnet.cpu_kernels.batch_norm_relu` (in CPU training one
   fused kernel; elsewhere Paddle's BatchNorm then ReLU). The ReLUs of the
   dense and transition layers hold no parameters, so they are not kept as
@@ -34,7 +34,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from .cpu_conv import Conv3x3, ThreadedConv2D
-from .cpu_kernels import batch_norm_relu, batch_norm_relu_pool
+from .cpu_kernels import batch_norm_relu, batch_norm_relu_pool, concat_channels
 from .cpu_pool import ThreadedMaxPool2D
 from .labels import CLASS_NAMES
 
@@ -69,7 +69,7 @@ class _DenseLayer(nn.Layer):
         self.drop_rate = float(drop_rate)
 
     def forward(self, inputs: list[paddle.Tensor]) -> paddle.Tensor:
-        concatenated = paddle.concat(inputs, axis=1) if len(inputs) > 1 else inputs[0]
+        concatenated = concat_channels(inputs)
         bottleneck = self.conv1(batch_norm_relu(concatenated, self.norm1))
         new_features = self.conv2(batch_norm_relu(bottleneck, self.norm2))
         if self.drop_rate > 0:
@@ -93,7 +93,7 @@ class _DenseBlock(nn.Layer):
         features = [x]
         for name in self.layer_names:
             features.append(getattr(self, name)(features))
-        return paddle.concat(features, axis=1)
+        return concat_channels(features)
 
 
 class _Transition(nn.Layer):

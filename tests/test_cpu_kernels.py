@@ -18,6 +18,7 @@ from paddle_chexnet.cpu_kernels import (
     batch_norm_relu_pool,
     build,
     build_or_warn,
+    concat_channels,
     conv3x3_kernel,
     conv_im2col_kernel,
     conv3x3_kernel_applies,
@@ -252,6 +253,23 @@ def test_max_pool_kernel_equals_paddle_including_ties(shape, kernel, stride, pad
 
 
 @needs_kernels
+def test_concat_kernel_equals_paddle_concat_and_split(threads):
+    rng = np.random.default_rng(0)
+    pieces = [paddle.to_tensor(rng.normal(size=(3, c, 5, 7)).astype("float32"), stop_gradient=False)
+              for c in (4, 1, 3)]
+    pieces[1].stop_gradient = True  # a piece that needs no gradient
+    got = concat_channels(pieces)
+    np.testing.assert_array_equal(got.numpy(), paddle.concat(pieces, axis=1).numpy())
+    grad_out = paddle.to_tensor(rng.normal(size=(3, 8, 5, 7)).astype("float32"))
+    grads = paddle.grad(got, [pieces[0], pieces[2]], grad_out)
+    np.testing.assert_array_equal(grads[0].numpy(), grad_out.numpy()[:, :4])
+    np.testing.assert_array_equal(grads[1].numpy(), grad_out.numpy()[:, 5:])
+    assert concat_channels([pieces[0]]) is pieces[0]
+    with pytest.raises(Exception, match="spatial"):
+        concat_channels([pieces[0], paddle.randn([3, 2, 5, 6])])
+
+
+@needs_kernels
 def test_stem_layers_take_the_kernels_only_where_they_apply():
     from paddle_chexnet.cpu_conv import ThreadedConv2D
     from paddle_chexnet.cpu_pool import ThreadedMaxPool2D
@@ -300,8 +318,9 @@ def test_densenet_training_step_same_with_and_without_the_kernels(monkeypatch):
     assert not any(calls.values())
     fused = train_step(enabled=True)
     # stem norm0 and 2 per dense layer (4 layers); the transition; 4 dense-layer 3x3 convolutions; the stem
-    assert calls == {"chexnet_bn_relu": 1 + 2 * 4, "chexnet_bn_relu_pool": 1, "chexnet_conv3x3": 4,
-                     "chexnet_conv_im2col": 1, "chexnet_max_pool": 1}
+    # concatenations: the 2nd layer of each block and each block's output
+    assert calls == {"chexnet_bn_relu": 1 + 2 * 4, "chexnet_bn_relu_pool": 1, "chexnet_concat": 2 * 2,
+                     "chexnet_conv3x3": 4, "chexnet_conv_im2col": 1, "chexnet_max_pool": 1}
     assert plain.keys() == fused.keys()
     overall = max(float(np.abs(g).max()) for n, g in plain.items() if n.startswith("grad"))
     for name in plain:

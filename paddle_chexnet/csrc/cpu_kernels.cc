@@ -795,3 +795,75 @@ PD_BUILD_GRAD_OP(chexnet_max_pool)
     .Outputs({paddle::Grad("X")})
     .Attrs({"kernel: int", "stride: int", "padding: int", "threads: int"})
     .SetKernelFn(PD_KERNEL(MaxPoolBackward));
+
+// 5. Concatenation along channels (NCHW), parallel over (image, piece): each dense layer
+//    concatenates all earlier feature maps of its block, and Paddle's concat and its gradient
+//    (the split) copy them on one thread.
+
+std::vector<paddle::Tensor> ConcatForward(const std::vector<paddle::Tensor>& pieces, int threads) {
+  PD_CHECK(!pieces.empty(), "nothing to concatenate");
+  const auto& first = pieces[0].shape();
+  PD_CHECK(first.size() == 4, "the pieces must be NCHW");
+  const int64_t batch = first[0], pixels = first[2] * first[3], count = static_cast<int64_t>(pieces.size());
+  std::vector<int64_t> offsets(count + 1, 0);
+  for (int64_t i = 0; i < count; ++i) {
+    const auto& shape = pieces[i].shape();
+    CheckInput(pieces[i], "every piece");
+    PD_CHECK(shape.size() == 4 && shape[0] == batch && shape[2] * shape[3] == pixels && shape[2] == first[2],
+             "piece ", i, " does not match the first piece's batch and spatial size");
+    PD_CHECK(pieces[i].is_contiguous(), "piece ", i, " must be contiguous");
+    offsets[i + 1] = offsets[i] + shape[1];
+  }
+  const int64_t channels = offsets[count];
+  auto y = paddle::empty({batch, channels, first[2], first[3]}, pieces[0].dtype(), pieces[0].place());
+  float* yp = y.data<float>();
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
+  for (int64_t n = 0; n < batch; ++n)
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t width = offsets[i + 1] - offsets[i];
+      std::memcpy(yp + (n * channels + offsets[i]) * pixels, pieces[i].data<float>() + n * width * pixels,
+                  width * pixels * sizeof(float));
+    }
+  return {y};
+}
+
+std::vector<paddle::Tensor> ConcatBackward(const std::vector<paddle::Tensor>& pieces, const paddle::Tensor& grad_y,
+                                           int threads) {
+  const paddle::Tensor dy_tensor = grad_y.is_contiguous() ? grad_y : grad_y.contiguous();
+  const int64_t batch = grad_y.shape()[0], channels = grad_y.shape()[1];
+  const int64_t pixels = grad_y.shape()[2] * grad_y.shape()[3], count = static_cast<int64_t>(pieces.size());
+  std::vector<int64_t> offsets(count + 1, 0);
+  std::vector<paddle::Tensor> grads;
+  for (int64_t i = 0; i < count; ++i) {
+    offsets[i + 1] = offsets[i] + pieces[i].shape()[1];
+    grads.push_back(paddle::empty(pieces[i].shape(), pieces[i].dtype(), pieces[i].place()));
+  }
+  const float* dyp = dy_tensor.data<float>();
+#pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
+  for (int64_t n = 0; n < batch; ++n)
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t width = offsets[i + 1] - offsets[i];
+      std::memcpy(grads[i].data<float>() + n * width * pixels, dyp + (n * channels + offsets[i]) * pixels,
+                  width * pixels * sizeof(float));
+    }
+  return grads;
+}
+
+std::vector<std::vector<int64_t>> ConcatInferShape(const std::vector<std::vector<int64_t>>& pieces, int) {
+  std::vector<int64_t> shape = pieces[0];
+  for (size_t i = 1; i < pieces.size(); ++i) shape[1] += pieces[i][1];
+  return {shape};
+}
+
+PD_BUILD_OP(chexnet_concat)
+    .Inputs({paddle::Vec("X")})
+    .Outputs({"Y"})
+    .Attrs({"threads: int"})
+    .SetKernelFn(PD_KERNEL(ConcatForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(ConcatInferShape));
+
+PD_BUILD_GRAD_OP(chexnet_concat)
+    .Inputs({paddle::Vec("X"), paddle::Grad("Y")})
+    .Outputs({paddle::Grad(paddle::Vec("X"))})
+    .Attrs({"threads: int"})
+    .SetKernelFn(PD_KERNEL(ConcatBackward));
