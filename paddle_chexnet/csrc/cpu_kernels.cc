@@ -301,40 +301,61 @@ std::vector<paddle::Tensor> BnReluPoolBackward(const paddle::Tensor& x, const pa
   const float* invstd = saved_invstd.data<float>();
   float* dxp = grad_x.data<float>();
 
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t c = 0; c < channels; ++c) {
-    const float m = mean[c], is = invstd[c];
-    const float a = gamma[c] * is, b = beta[c] - m * a;
-    // dz: the pooled gradient / 4 where the ReLU let the value through, 0 elsewhere (and off the pooled area)
-    auto dz = [&](const float* in, const float* dy, int64_t h, int64_t w) -> float {
-      if (h >= 2 * out_h || w >= 2 * out_w) return 0.f;
-      return a * in[h * width + w] + b > 0.f ? 0.25f * dy[(h / 2) * out_w + w / 2] : 0.f;
+#pragma omp parallel num_threads(threads)
+  {
+    // the pooled gradient of one output row, spread over the two input rows it averages: / 4 per pixel,
+    // 0 on a last odd column (and a last odd row gets none)
+    std::vector<float> spread(width, 0.f);
+    auto spread_row = [&](const float* dy_row) {
+      for (int64_t ow = 0; ow < out_w; ++ow) spread[2 * ow] = spread[2 * ow + 1] = 0.25f * dy_row[ow];
     };
-    double sum_dz = 0.0, sum_dz_centred = 0.0;
-    for (int64_t n = 0; n < batch; ++n) {
-      const float* in = xp + (n * channels + c) * pixels;
-      const float* dy = dyp + (n * channels + c) * out_h * out_w;
-      float s = 0.f, t = 0.f;
-      for (int64_t h = 0; h < height; ++h)
-        for (int64_t w = 0; w < width; ++w) {
-          const float g = dz(in, dy, h, w);
-          s += g;
-          t += g * (in[h * width + w] - m);
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < channels; ++c) {
+      const float m = mean[c], is = invstd[c];
+      const float a = gamma[c] * is, b = beta[c] - m * a;
+      const float* up = spread.data();
+      double sum_dz = 0.0, sum_dz_centred = 0.0;
+      for (int64_t n = 0; n < batch; ++n) {
+        const float* in = xp + (n * channels + c) * pixels;
+        const float* dy = dyp + (n * channels + c) * out_h * out_w;
+        float s = 0.f, t = 0.f;
+        for (int64_t h = 0; h < 2 * out_h; ++h) {
+          if (h % 2 == 0) spread_row(dy + (h / 2) * out_w);
+          const float* row = in + h * width;
+#pragma omp simd reduction(+ : s, t)
+          for (int64_t w = 0; w < width; ++w) {
+            const float dz = a * row[w] + b > 0.f ? up[w] : 0.f;  // the ReLU's mask, recomputed
+            s += dz;
+            t += dz * (row[w] - m);
+          }
         }
-      sum_dz += s;
-      sum_dz_centred += t;
-    }
-    grad_bias.data<float>()[c] = static_cast<float>(sum_dz);
-    grad_scale.data<float>()[c] = static_cast<float>(sum_dz_centred) * is;
-    const float mean_dz = static_cast<float>(sum_dz / count);
-    const float k = static_cast<float>(sum_dz_centred / count) * is * is;
-    for (int64_t n = 0; n < batch; ++n) {
-      const float* in = xp + (n * channels + c) * pixels;
-      const float* dy = dyp + (n * channels + c) * out_h * out_w;
-      float* dx = dxp + (n * channels + c) * pixels;
-      for (int64_t h = 0; h < height; ++h)
-        for (int64_t w = 0; w < width; ++w)
-          dx[h * width + w] = a * (dz(in, dy, h, w) - mean_dz - (in[h * width + w] - m) * k);
+        sum_dz += s;
+        sum_dz_centred += t;
+      }
+      grad_bias.data<float>()[c] = static_cast<float>(sum_dz);
+      grad_scale.data<float>()[c] = static_cast<float>(sum_dz_centred) * is;
+      const float mean_dz = static_cast<float>(sum_dz / count);
+      const float k = static_cast<float>(sum_dz_centred / count) * is * is;
+      for (int64_t n = 0; n < batch; ++n) {
+        const float* in = xp + (n * channels + c) * pixels;
+        const float* dy = dyp + (n * channels + c) * out_h * out_w;
+        float* dx = dxp + (n * channels + c) * pixels;
+        for (int64_t h = 0; h < height; ++h) {
+          const float* row = in + h * width;
+          float* out = dx + h * width;
+          if (h >= 2 * out_h) {  // a last odd row: outside every window
+#pragma omp simd
+            for (int64_t w = 0; w < width; ++w) out[w] = a * (-mean_dz - (row[w] - m) * k);
+            continue;
+          }
+          if (h % 2 == 0) spread_row(dy + (h / 2) * out_w);
+#pragma omp simd
+          for (int64_t w = 0; w < width; ++w) {
+            const float dz = a * row[w] + b > 0.f ? up[w] : 0.f;
+            out[w] = a * (dz - mean_dz - (row[w] - m) * k);
+          }
+        }
+      }
     }
   }
   return {grad_x, grad_scale, grad_bias};
