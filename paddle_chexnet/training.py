@@ -47,8 +47,9 @@ from .callbacks import (
     history_columns,
 )
 from .checkpoint import CheckpointError, checkpoint_paths, find_resumable, load_checkpoint
-from .densenet import DenseNet, chexnet
+from .cpu_kernels import cpu_kernels
 from .cpu_runtime import usable_cores
+from .densenet import DenseNet, chexnet
 from .device import select_device
 from .distributed import is_main_process, world_size
 from .io_utils import atomic_write_text
@@ -470,10 +471,11 @@ def run_training(config: TrainConfig) -> TrainResult:
         atomic_write_text(config.run_log_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
         logger.info("training %s on %d images (validation %d), %d process(es), batch %d per process, lr %.3g",
                     config.arch, len(train_set), len(val_set), world_size(), config.batch_size, lr)
-        if device == "cpu" and world_size() == 1 and usable_cores() > 1:
-            logger.info("on the CPU, one process per core is faster (BENCHMARKS.md): python -m "
-                        "paddle.distributed.launch --nproc_per_node %d train.py ... (batch size is then per process)",
-                        usable_cores())
+        if device == "cpu" and world_size() == 1 and usable_cores() > 1 and cpu_kernels() is None:
+            # Paddle's own CPU kernels for BatchNorm, ReLU, concat, pooling run on one core
+            logger.info("without the package's C++ CPU kernels one process per core is faster (BENCHMARKS.md): "
+                        "python -m paddle.distributed.launch --nproc_per_node %d train.py ... (batch size is then "
+                        "per process)", usable_cores())
 
     remaining = config.epochs - state.epoch_offset
     if remaining > 0:
