@@ -1,21 +1,32 @@
 """Multi-threaded CPU kernels for training (``csrc/cpu_kernels.cc``), compiled once per machine.
 
-Paddle's CPU kernels for BatchNorm and ReLU run on one thread; in a
-DenseNet-121 training step they and the memory they stream through took about
-a fifth of the time (``paddle.profiler``, BENCHMARKS.md). This module builds a
-Paddle custom operator, BatchNorm (training mode) fused with the ReLU that
-follows every BatchNorm in DenseNet, parallel over channels with OpenMP, and
-:func:`batch_norm_relu` uses it where it applies: a CPU tensor in a dynamic
-graph, float32, a ``BatchNorm2D`` in training mode. Everything else (GPUs,
-evaluation, ``to_static`` and exported models) keeps Paddle's own kernels, and
-so does every run where the operator cannot be built.
+Paddle's CPU kernels for BatchNorm, ReLU, concat and pooling run on one
+thread, and its convolution copies the wide side of DenseNet's 3x3
+convolutions nine times over; before these kernels a DenseNet-121 training
+step ran at 0.68x torch's speed on 2 cores, with them at 1.23x (BENCHMARKS.md).
+This module builds Paddle custom operators (OpenMP over channels or images,
+MKL's CBLAS for the products) and wraps them:
+
+* :func:`batch_norm_relu`: BatchNorm in training mode fused with the ReLU that
+  follows every BatchNorm in DenseNet; :func:`batch_norm_relu_pool` the same
+  with a transition's 2x2 average pooling;
+* :func:`conv3x3_kernel`: the dense layers' 3x3 convolutions;
+  :func:`conv_im2col_kernel`: any other convolution (the stem);
+* :func:`max_pool_kernel`: the stem's max pooling; :func:`concat_channels`:
+  the dense blocks' concatenations.
+
+Each is used where it applies, CPU float32 tensors in a dynamic graph (and,
+for the BatchNorms, a ``BatchNorm2D`` in training mode); GPUs, ``to_static``
+and exported models keep Paddle's own kernels, and so does every run where the
+operators cannot be built, or off Linux (the build uses GNU ld and OpenMP).
 
 The source is compiled with the C++ compiler Paddle's ``cpp_extension`` finds
-(``g++``), with ``-march=native``, the first time it is needed (about 7 s), into
+(``g++``), with ``-march=native``, the first time it is needed (about 8 s), into
 ``~/.cache/paddle_chexnet/kernels/<hash>`` (``PADDLE_CHEXNET_KERNEL_DIR`` moves
-it); the hash covers the source, the flags, Paddle's version and the
-processor's instruction sets, so a changed source or another processor builds
-anew and a cached build is never run where it does not fit. Processes started
+it); the hash covers the source, the flags, Paddle's version and folder, and
+the processor's instruction sets, so a changed source, another Paddle
+installation or another processor builds anew and a cached build is never run
+where it does not fit. Processes started
 together (``paddle.distributed.launch``) build it once, under a file lock.
 
 ``PADDLE_CHEXNET_CPU_KERNELS=0`` turns the kernels off. Where the build
@@ -26,7 +37,6 @@ Paddle's kernels; the results are the same to float rounding either way
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import hashlib
 import logging
@@ -62,10 +72,16 @@ def kernels_enabled(environ=os.environ) -> bool:
 
 
 def build_key() -> str:
-    """What a cached build depends on: source, flags, Paddle's version and the processor's instruction sets."""
+    """What a cached build depends on: source, flags, the Paddle installation and the processor's instruction sets.
+
+    The installation's folder counts, not only its version: the library is
+    linked against that installation's ``libpaddle.so`` and MKL (by path), so
+    another virtual environment gets a build of its own.
+    """
     digest = hashlib.sha256()
     digest.update(SOURCE.read_bytes())
-    digest.update(repr((COMPILE_FLAGS, LINK_FLAGS, paddle.__version__, sorted(cpu_flags()))).encode())
+    installation = str(Path(paddle.__file__).resolve().parent)
+    digest.update(repr((COMPILE_FLAGS, LINK_FLAGS, paddle.__version__, installation, sorted(cpu_flags()))).encode())
     return digest.hexdigest()[:16]
 
 
@@ -128,6 +144,8 @@ def build(directory: Path | None = None) -> ModuleType:
     root = (directory or build_directory()) / key
     log_path = root / "build.log"
     try:
+        import fcntl  # Linux only, as the kernels (cpu_kernels() asks for them nowhere else)
+
         root.mkdir(parents=True, exist_ok=True)
         with open(root / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # one build for all processes of a launch
@@ -177,7 +195,7 @@ def cpu_kernels() -> ModuleType | None:
     ``PADDLE_CHEXNET_CPU_KERNELS`` is read at every call, so it can be changed
     while a program runs (the tests compare both paths that way).
     """
-    if not kernels_enabled():
+    if not kernels_enabled() or not sys.platform.startswith("linux"):
         return None
     return _built_kernels()
 

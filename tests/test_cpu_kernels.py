@@ -355,9 +355,17 @@ def test_building_again_in_the_same_process_gives_the_same_operators():
     assert build() is cpu_kernels()
 
 
-def test_build_key_changes_with_the_source(tmp_path, monkeypatch):
+def test_build_key_changes_with_the_source_the_installation_and_the_processor(tmp_path, monkeypatch):
     first = kernels_module.build_key()
+    assert kernels_module.build_key() == first
     changed = tmp_path / "changed.cc"
     changed.write_text(kernels_module.SOURCE.read_text() + "\n// another version\n")
-    monkeypatch.setattr(kernels_module, "SOURCE", changed)
-    assert kernels_module.build_key() != first
+    with monkeypatch.context() as patch:
+        patch.setattr(kernels_module, "SOURCE", changed)
+        assert kernels_module.build_key() != first
+    with monkeypatch.context() as patch:  # another virtual environment's Paddle
+        patch.setattr(paddle, "__file__", str(tmp_path / "other-venv" / "paddle" / "__init__.py"))
+        assert kernels_module.build_key() != first
+    with monkeypatch.context() as patch:  # another processor (a home folder shared by several machines)
+        patch.setattr(kernels_module, "cpu_flags", lambda: frozenset({"sse2"}))
+        assert kernels_module.build_key() != first
