@@ -139,3 +139,14 @@ def test_configure_cpu_sets_mkl_threads():
     env["PYTHONPATH"] = str(REPO)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.split() == ["1", "2"]
+
+
+def test_configure_cpu_gives_the_package_kernels_the_same_threads(monkeypatch):
+    monkeypatch.setattr(cpu_runtime, "_configured_threads", 1)
+    try:
+        configure_cpu(2)
+        assert cpu_runtime.math_threads() == 2
+        configure_cpu(1)
+        assert cpu_runtime.math_threads() == 1
+    finally:
+        configure_cpu(1)
