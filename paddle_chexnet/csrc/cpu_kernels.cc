@@ -86,7 +86,12 @@ class BatchStatistics {
         saved_mean_(paddle::empty({channels_}, x.dtype(), x.place())),
         saved_invstd_(paddle::empty({channels_}, x.dtype(), x.place())),
         mean_update_(paddle::empty({channels_}, x.dtype(), x.place())),
-        variance_update_(paddle::empty({channels_}, x.dtype(), x.place())) {}
+        variance_update_(paddle::empty({channels_}, x.dtype(), x.place())),
+        // the outputs' memory, taken once here rather than by every thread
+        mean_out_(saved_mean_.data<float>()),
+        invstd_out_(saved_invstd_.data<float>()),
+        mean_update_out_(mean_update_.data<float>()),
+        variance_update_out_(variance_update_.data<float>()) {}
 
   // Channel c's statistics, stored; returns (a, b) with BatchNorm(x) = a * x + b on that channel.
   // Channels are independent, so threads may call it for different channels at once.
@@ -100,11 +105,10 @@ class BatchStatistics {
       squares += RowCentredSquares(x_ + (n * channels_ + c) * pixels_, pixels_, mean);
     const double variance = squares / count;
     const float invstd = static_cast<float>(1.0 / std::sqrt(variance + epsilon_));
-    saved_mean_.data<float>()[c] = mean;
-    saved_invstd_.data<float>()[c] = invstd;
-    mean_update_.data<float>()[c] = momentum_ * running_mean_[c] + (1.f - momentum_) * mean;
-    variance_update_.data<float>()[c] =
-        momentum_ * running_variance_[c] + (1.f - momentum_) * static_cast<float>(variance);
+    mean_out_[c] = mean;
+    invstd_out_[c] = invstd;
+    mean_update_out_[c] = momentum_ * running_mean_[c] + (1.f - momentum_) * mean;
+    variance_update_out_[c] = momentum_ * running_variance_[c] + (1.f - momentum_) * static_cast<float>(variance);
     const float a = gamma_[c] * invstd;
     return {a, beta_[c] - mean * a};
   }
@@ -119,6 +123,7 @@ class BatchStatistics {
   const float epsilon_, momentum_;
   const float *x_, *gamma_, *beta_, *running_mean_, *running_variance_;
   paddle::Tensor saved_mean_, saved_invstd_, mean_update_, variance_update_;
+  float *mean_out_, *invstd_out_, *mean_update_out_, *variance_update_out_;
 };
 
 }  // namespace
@@ -300,6 +305,8 @@ std::vector<paddle::Tensor> BnReluPoolBackward(const paddle::Tensor& x, const pa
   const float* mean = saved_mean.data<float>();
   const float* invstd = saved_invstd.data<float>();
   float* dxp = grad_x.data<float>();
+  float* dgamma = grad_scale.data<float>();
+  float* dbeta = grad_bias.data<float>();
 
 #pragma omp parallel num_threads(threads)
   {
@@ -332,8 +339,8 @@ std::vector<paddle::Tensor> BnReluPoolBackward(const paddle::Tensor& x, const pa
         sum_dz += s;
         sum_dz_centred += t;
       }
-      grad_bias.data<float>()[c] = static_cast<float>(sum_dz);
-      grad_scale.data<float>()[c] = static_cast<float>(sum_dz_centred) * is;
+      dbeta[c] = static_cast<float>(sum_dz);
+      dgamma[c] = static_cast<float>(sum_dz_centred) * is;
       const float mean_dz = static_cast<float>(sum_dz / count);
       const float k = static_cast<float>(sum_dz_centred / count) * is * is;
       for (int64_t n = 0; n < batch; ++n) {
@@ -838,11 +845,13 @@ std::vector<paddle::Tensor> ConcatForward(const std::vector<paddle::Tensor>& pie
   const int64_t channels = offsets[count];
   auto y = paddle::empty({batch, channels, first[2], first[3]}, pieces[0].dtype(), pieces[0].place());
   float* yp = y.data<float>();
+  std::vector<const float*> sources;
+  for (const auto& piece : pieces) sources.push_back(piece.data<float>());
 #pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
   for (int64_t n = 0; n < batch; ++n)
     for (int64_t i = 0; i < count; ++i) {
       const int64_t width = offsets[i + 1] - offsets[i];
-      std::memcpy(yp + (n * channels + offsets[i]) * pixels, pieces[i].data<float>() + n * width * pixels,
+      std::memcpy(yp + (n * channels + offsets[i]) * pixels, sources[i] + n * width * pixels,
                   width * pixels * sizeof(float));
     }
   return {y};
@@ -855,16 +864,18 @@ std::vector<paddle::Tensor> ConcatBackward(const std::vector<paddle::Tensor>& pi
   const int64_t pixels = grad_y.shape()[2] * grad_y.shape()[3], count = static_cast<int64_t>(pieces.size());
   std::vector<int64_t> offsets(count + 1, 0);
   std::vector<paddle::Tensor> grads;
+  std::vector<float*> targets;
   for (int64_t i = 0; i < count; ++i) {
     offsets[i + 1] = offsets[i] + pieces[i].shape()[1];
     grads.push_back(paddle::empty(pieces[i].shape(), pieces[i].dtype(), pieces[i].place()));
+    targets.push_back(grads.back().data<float>());
   }
   const float* dyp = dy_tensor.data<float>();
 #pragma omp parallel for collapse(2) schedule(static) num_threads(threads)
   for (int64_t n = 0; n < batch; ++n)
     for (int64_t i = 0; i < count; ++i) {
       const int64_t width = offsets[i + 1] - offsets[i];
-      std::memcpy(grads[i].data<float>() + n * width * pixels, dyp + (n * channels + offsets[i]) * pixels,
+      std::memcpy(targets[i] + n * width * pixels, dyp + (n * channels + offsets[i]) * pixels,
                   width * pixels * sizeof(float));
     }
   return grads;
