@@ -369,3 +369,16 @@ def test_build_key_changes_with_the_source_the_installation_and_the_processor(tm
     with monkeypatch.context() as patch:  # another processor (a home folder shared by several machines)
         patch.setattr(kernels_module, "cpu_flags", lambda: frozenset({"sse2"}))
         assert kernels_module.build_key() != first
+
+
+@needs_kernels
+def test_exported_models_contain_no_custom_operators(tmp_path):
+    """Paddle Inference loads exports without this package's kernels, so an export must use Paddle's operators."""
+    from paddle_chexnet.inference import export_model
+
+    assert cpu_kernels() is not None  # the kernels are loaded in this process, yet not exported
+    net = DenseNet(growth_rate=4, block_config=(2, 2), num_init_features=8, bn_size=2, num_classes=3)
+    graph = export_model(net, tmp_path / "model", crop=64)
+    text = graph.read_text(errors="replace")
+    assert "conv2d" in text  # the graph names its operators
+    assert not any(op in text for op in kernels_module.OPERATORS)
