@@ -126,6 +126,22 @@ class BatchStatistics {
   float *mean_out_, *invstd_out_, *mean_update_out_, *variance_update_out_;
 };
 
+// The three gradients a BatchNorm's backward pass returns, allocated, with their memory.
+struct BatchNormGradients {
+  explicit BatchNormGradients(const paddle::Tensor& x)
+      : grad_x(paddle::empty(x.shape(), x.dtype(), x.place())),
+        grad_scale(paddle::empty({x.shape()[1]}, x.dtype(), x.place())),
+        grad_bias(paddle::empty({x.shape()[1]}, x.dtype(), x.place())),
+        dx(grad_x.data<float>()),
+        dscale(grad_scale.data<float>()),
+        dbias(grad_bias.data<float>()) {}
+
+  std::vector<paddle::Tensor> Outputs() const { return {grad_x, grad_scale, grad_bias}; }
+
+  paddle::Tensor grad_x, grad_scale, grad_bias;
+  float *dx, *dscale, *dbias;
+};
+
 }  // namespace
 
 std::vector<paddle::Tensor> BnReluForward(const paddle::Tensor& x,
@@ -168,21 +184,20 @@ std::vector<paddle::Tensor> BnReluBackward(const paddle::Tensor& x,
                                            const paddle::Tensor& grad_y,
                                            int threads) {
   CheckInput(grad_y, "grad_y");
+  const paddle::Tensor dy_tensor = grad_y.is_contiguous() ? grad_y : grad_y.contiguous();
   const int64_t batch = x.shape()[0], channels = x.shape()[1];
   const int64_t pixels = x.shape()[2] * x.shape()[3];
   const double count = static_cast<double>(batch * pixels);
-  auto grad_x = paddle::empty(x.shape(), x.dtype(), x.place());
-  auto grad_scale = paddle::empty({channels}, x.dtype(), x.place());
-  auto grad_bias = paddle::empty({channels}, x.dtype(), x.place());
+  BatchNormGradients grads(x);
   const float* xp = x.data<float>();
   const float* yp = y.data<float>();
-  const float* dyp = grad_y.data<float>();
+  const float* dyp = dy_tensor.data<float>();
   const float* gamma = scale.data<float>();
   const float* mean = saved_mean.data<float>();
   const float* invstd = saved_invstd.data<float>();
-  float* dxp = grad_x.data<float>();
-  float* dgamma = grad_scale.data<float>();
-  float* dbeta = grad_bias.data<float>();
+  float* dxp = grads.dx;
+  float* dgamma = grads.dscale;
+  float* dbeta = grads.dbias;
 
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t c = 0; c < channels; ++c) {
@@ -223,7 +238,7 @@ std::vector<paddle::Tensor> BnReluBackward(const paddle::Tensor& x,
       }
     }
   }
-  return {grad_x, grad_scale, grad_bias};
+  return grads.Outputs();
 }
 
 std::vector<std::vector<int64_t>> BnReluInferShape(const std::vector<int64_t>& x,
@@ -295,18 +310,16 @@ std::vector<paddle::Tensor> BnReluPoolBackward(const paddle::Tensor& x, const pa
   const int64_t batch = x.shape()[0], channels = x.shape()[1], height = x.shape()[2], width = x.shape()[3];
   const int64_t out_h = height / 2, out_w = width / 2, pixels = height * width;
   const double count = static_cast<double>(batch * pixels);
-  auto grad_x = paddle::empty(x.shape(), x.dtype(), x.place());
-  auto grad_scale = paddle::empty({channels}, x.dtype(), x.place());
-  auto grad_bias = paddle::empty({channels}, x.dtype(), x.place());
+  BatchNormGradients grads(x);
   const float* xp = x.data<float>();
   const float* dyp = dy_tensor.data<float>();
   const float* gamma = scale.data<float>();
   const float* beta = bias.data<float>();
   const float* mean = saved_mean.data<float>();
   const float* invstd = saved_invstd.data<float>();
-  float* dxp = grad_x.data<float>();
-  float* dgamma = grad_scale.data<float>();
-  float* dbeta = grad_bias.data<float>();
+  float* dxp = grads.dx;
+  float* dgamma = grads.dscale;
+  float* dbeta = grads.dbias;
 
 #pragma omp parallel num_threads(threads)
   {
@@ -365,7 +378,7 @@ std::vector<paddle::Tensor> BnReluPoolBackward(const paddle::Tensor& x, const pa
       }
     }
   }
-  return {grad_x, grad_scale, grad_bias};
+  return grads.Outputs();
 }
 
 std::vector<std::vector<int64_t>> BnReluPoolInferShape(const std::vector<int64_t>& x,
