@@ -13,7 +13,6 @@ import pytest
 from paddle_chexnet import cpu_kernels as kernels_module
 from paddle_chexnet import cpu_runtime
 from paddle_chexnet.cpu_kernels import (
-    KernelBuildError,
     batch_norm_relu,
     batch_norm_relu_pool,
     build,
@@ -332,14 +331,12 @@ def test_a_failed_build_says_why_and_training_falls_back(tmp_path, monkeypatch, 
     broken = tmp_path / "broken.cc"
     broken.write_text("#include \"paddle/extension.h\"\nthis is not C++;\n")
     monkeypatch.setattr(kernels_module, "SOURCE", broken)
-    with pytest.raises(KernelBuildError) as info:
-        build(tmp_path / "builds")
-    message = str(info.value)
-    assert str(broken) in message and "PADDLE_CHEXNET_CPU_KERNELS=0" in message
-    assert "build.log" in message  # the compiler's own words are quoted from the build log
     with caplog.at_level(logging.WARNING, logger="paddle_chexnet.cpu_kernels"):
-        assert build_or_warn(tmp_path / "builds") is None
-    assert "could not build" in caplog.text
+        assert build_or_warn(tmp_path / "builds") is None  # one compiler run: build() raised inside
+    message = caplog.text
+    assert "could not build" in message and str(broken) in message
+    assert "PADDLE_CHEXNET_CPU_KERNELS=0" in message  # how to stop trying
+    assert "build.log" in message and "error" in message  # the compiler's own words, from the build log
     # with no kernels, the layers run Paddle's operators
     monkeypatch.setattr(kernels_module, "cpu_kernels", lambda: None)
     norm = nn.BatchNorm2D(2)
