@@ -1,7 +1,7 @@
-"""CPU math settings that decide how fast Paddle trains and predicts on a CPU.
+"""CPU settings that decide how fast Paddle trains and predicts on a CPU.
 
-Two things, both measured on a 2-core AMD EPYC (BENCHMARKS.md, "What made the
-CPU step fast"):
+Three things, measured on a 2-core AMD EPYC (BENCHMARKS.md, "What made the
+step fast"):
 
 * **Math threads.** Paddle starts with one math-library thread
   (``FLAGS_paddle_num_threads`` = 1), so a plain ``python train.py`` used one
@@ -26,11 +26,22 @@ CPU step fast"):
   Every process then runs the same code path, which matters beyond speed: the
   paths round differently, and after an Adam step (which divides by the
   gradient's size) the difference is visible in the weights.
+* **Freed tensors stay in the heap.** glibc's ``malloc`` serves blocks above a
+  threshold (at most 32 MB) by ``mmap`` and returns them to the system when
+  freed, so every large activation of a training step was new memory, faulted
+  in page by page: about 35,000 page faults per DenseNet-121 step at batch 8.
+  :func:`keep_freed_memory` raises the threshold to 256 MB and the trim
+  threshold to 1 GB (``mallopt``), so freed blocks are reused: 0-3,000 faults
+  and a 4 % faster step. Peak memory is unchanged; the process keeps what it
+  freed for its next step. Environment variables ``MALLOC_*_`` that the user
+  set win.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import platform
 from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,10 +62,37 @@ _configured_threads = 1
 
 @dataclass(frozen=True)
 class CpuSettings:
-    """What :func:`configure_cpu` chose: math threads and the MKL code path (``None``: MKL's own choice)."""
+    """What :func:`configure_cpu` chose: math threads, the MKL code path (``None``: MKL's own choice)
+    and whether freed memory stays in the heap (:func:`keep_freed_memory`)."""
 
     threads: int
     mkl_cpu_type: str | None
+    heap_keeps_freed_memory: bool = False
+
+
+# glibc's mallopt parameters (malloc.h) and the values keep_freed_memory sets
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD_BYTES = 256 << 20
+TRIM_THRESHOLD_BYTES = 1 << 30
+MALLOC_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
+
+
+def keep_freed_memory(environ: MutableMapping[str, str] = os.environ) -> bool:
+    """Make glibc keep freed blocks up to 256 MB in the heap for reuse, instead of unmapping them.
+
+    Returns:
+        bool: True where it was set; False off glibc, or where the user set a ``MALLOC_*_`` variable.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    if any(name in environ for name in MALLOC_VARIABLES):
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(
+            libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
+    except (OSError, AttributeError):
+        return False
 
 
 def _cpuinfo_field(name: str, cpuinfo: str | Path) -> str:
@@ -143,7 +181,7 @@ def use_fast_mkl_on_amd(
 
 
 def configure_cpu(threads: int | None = None) -> CpuSettings:
-    """Set Paddle's CPU math threads and MKL's code path; call before the first computation.
+    """Set Paddle's CPU math threads, MKL's code path and the heap's reuse; call before the first computation.
 
     Args:
         threads (int, optional): math threads for this process; ``None`` uses
@@ -161,8 +199,10 @@ def configure_cpu(threads: int | None = None) -> CpuSettings:
     threads = threads or default_threads()
     paddle.base.core.set_num_threads(threads)  # MKL's threads (tests/test_cpu_runtime.py checks them)
     _configured_threads = threads
-    logger.debug("CPU math: %d thread(s), %s=%s", threads, MKL_CPU_TYPE_VARIABLE, mkl_cpu_type)
-    return CpuSettings(threads=threads, mkl_cpu_type=mkl_cpu_type)
+    heap = keep_freed_memory()
+    logger.debug("CPU math: %d thread(s), %s=%s, freed memory kept: %s", threads, MKL_CPU_TYPE_VARIABLE,
+                 mkl_cpu_type, heap)
+    return CpuSettings(threads=threads, mkl_cpu_type=mkl_cpu_type, heap_keeps_freed_memory=heap)
 
 
 def math_threads() -> int:

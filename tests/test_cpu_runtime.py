@@ -150,3 +150,44 @@ def test_configure_cpu_gives_the_package_kernels_the_same_threads(monkeypatch):
         assert cpu_runtime.math_threads() == 1
     finally:
         configure_cpu(1)
+
+
+_FAULTS_CODE = """
+import ctypes, resource, sys
+if sys.argv[1] == "keep":
+    from paddle_chexnet.cpu_runtime import keep_freed_memory
+    assert keep_freed_memory()
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+SIZE = 64 << 20
+def cycle():  # what a training step does with a large activation: allocate, write, free
+    block = libc.malloc(SIZE)
+    ctypes.memset(block, 1, SIZE)
+    libc.free(block)
+cycle()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    cycle()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_freed_large_blocks_are_reused_instead_of_faulted_in_again():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env["PYTHONPATH"] = str(REPO)
+    faults = {}
+    for mode in ("default", "keep"):
+        out = subprocess.run([sys.executable, "-c", _FAULTS_CODE, mode], capture_output=True, text=True, env=env)
+        assert out.returncode == 0, out.stderr[-2000:]
+        faults[mode] = int(out.stdout.split()[-1])
+    pages = (64 << 20) // 4096
+    assert faults["default"] > 4 * pages  # glibc maps and unmaps a 64 MB block every time
+    assert faults["keep"] < pages // 4, faults  # the block is reused from the heap
+
+
+def test_users_malloc_variables_are_left_alone():
+    from paddle_chexnet.cpu_runtime import keep_freed_memory
+
+    assert keep_freed_memory({"MALLOC_MMAP_THRESHOLD_": "131072"}) is False
