@@ -3,7 +3,7 @@
 Paddle's CPU kernels for BatchNorm, ReLU, concat and pooling run on one
 thread, and its convolution copies the wide side of DenseNet's 3x3
 convolutions nine times over; before these kernels a DenseNet-121 training
-step ran at 0.68x torch's speed on 2 cores, with them at 1.23x (BENCHMARKS.md).
+step ran at 0.76x torch's speed on 2 cores, with them at 1.39x (BENCHMARKS.md).
 This module builds Paddle custom operators (OpenMP over channels or images,
 MKL's CBLAS for the products) and wraps them:
 
