@@ -379,3 +379,12 @@ def test_exported_models_contain_no_custom_operators(tmp_path):
     text = graph.read_text(errors="replace")
     assert "conv2d" in text  # the graph names its operators
     assert not any(op in text for op in kernels_module.OPERATORS)
+
+
+def test_an_unusable_build_folder_is_a_warning_not_a_crash(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(kernels_module, "_loaded", {})  # as in a process that has not loaded them yet
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with caplog.at_level(logging.WARNING, logger="paddle_chexnet.cpu_kernels"):
+        assert build_or_warn(blocker / "kernels") is None
+    assert "could not build" in caplog.text and str(blocker) in caplog.text
