@@ -1,4 +1,9 @@
-"""A faster CPU training path for DenseNet's 3x3 convolutions (same result to float rounding).
+"""DenseNet's convolution layers with faster CPU paths (same results to float rounding).
+
+:class:`Conv3x3` and :class:`ThreadedConv2D` run the package's C++ kernels
+(:mod:`paddle_chexnet.cpu_kernels`) on the CPU in dynamic graphs. Where those
+cannot be built, :class:`Conv3x3` trains by the *fold path* below, the same
+arrangement in Paddle operators:
 
 Paddle's CPU convolution is im2col + matrix product, per image: the forward
 pass copies the input 9 times over (``C_in x 9`` rows), and the backward pass
@@ -18,9 +23,10 @@ expanded:
 the 3x3 convolutions of DenseNet-121's first two blocks (56x56 and 28x28 maps)
 take 0.43 s forward + backward this way against 0.67 s with Paddle's kernel
 (batch 4, one thread, ``benchmarks/bench_conv.py``); at 14x14 and below the
-matrices are small and Paddle's kernel is as fast or faster, so it keeps them. The path is used only on the CPU, in dynamic graphs, when a
-gradient is wanted: prediction, static graphs (``to_static``, exported models)
-and GPUs keep ``paddle.nn.functional.conv2d``.
+matrices are small and Paddle's kernel is as fast or faster, so it keeps them.
+The fold path is used only on the CPU, in dynamic graphs, when a gradient is
+wanted; static graphs (``to_static``, exported models) and GPUs keep
+``paddle.nn.functional.conv2d``.
 """
 from __future__ import annotations
 
@@ -29,7 +35,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 from paddle.autograd import PyLayer
 
-from .cpu_kernels import conv3x3_kernel, conv3x3_kernel_applies, conv_im2col_kernel, kernels_apply
+from .cpu_kernels import conv3x3_kernel, conv_im2col_kernel, kernels_apply
 
 # The fold path pays off from 28x28 feature maps up (BENCHMARKS.md).
 MIN_PIXELS = 28 * 28
@@ -96,7 +102,7 @@ class Conv3x3(nn.Conv2D):
         super().__init__(in_channels, out_channels, 3, padding=1, weight_attr=weight_attr, bias_attr=False)
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
-        if conv3x3_kernel_applies(x, self.weight):
+        if kernels_apply(x, self.weight):
             return conv3x3_kernel(x, self.weight)
         if fold_path_applies(x, self.weight):
             return conv3x3_fold(x, self.weight)

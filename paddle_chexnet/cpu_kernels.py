@@ -203,17 +203,13 @@ def cpu_kernels() -> ModuleType | None:
 def fused_path_applies(x: paddle.Tensor, norm: nn.Layer) -> bool:
     """True where :func:`batch_norm_relu` runs the fused CPU kernel rather than Paddle's two operators."""
     return (
-        paddle.in_dynamic_mode()
-        and norm.training
+        norm.training
         and type(norm) is nn.BatchNorm2D  # not SyncBatchNorm, not a subclass with other semantics
         and getattr(norm, "_data_format", "NCHW") == "NCHW"
         and not getattr(norm, "_use_global_stats", None)
-        and x.place.is_cpu_place()
-        and x.dtype == paddle.float32
-        and len(x.shape) == 4
         # one value per channel: Paddle then normalises with the running statistics; leave it to Paddle
-        and x.shape[0] * x.shape[2] * x.shape[3] > 1
-        and cpu_kernels() is not None
+        and (len(x.shape) != 4 or x.shape[0] * x.shape[2] * x.shape[3] > 1)
+        and kernels_apply(x)
     )
 
 
@@ -274,11 +270,6 @@ def kernels_apply(*tensors: paddle.Tensor) -> bool:
     )
 
 
-def conv3x3_kernel_applies(x: paddle.Tensor, weight: paddle.Tensor) -> bool:
-    """True where :func:`conv3x3_kernel` runs (see :func:`kernels_apply`)."""
-    return kernels_apply(x, weight)
-
-
 def conv3x3_kernel(x: paddle.Tensor, weight: paddle.Tensor) -> paddle.Tensor:
     """``F.conv2d(x, weight, padding=1)`` (stride 1, no bias) by the multi-threaded CPU kernel, with gradients."""
     return cpu_kernels().chexnet_conv3x3(x, weight, math_threads())
@@ -300,6 +291,8 @@ def max_pool_kernel(x: paddle.Tensor, kernel: int, stride: int, padding: int) ->
 
 def concat_channels(pieces: list[paddle.Tensor]) -> paddle.Tensor:
     """``paddle.concat(pieces, axis=1)`` for NCHW maps, by the multi-threaded kernel where it applies."""
-    if len(pieces) > 1 and kernels_apply(*pieces):
+    if len(pieces) == 1:
+        return pieces[0]
+    if kernels_apply(*pieces):
         return cpu_kernels().chexnet_concat(list(pieces), math_threads())
-    return paddle.concat(pieces, axis=1) if len(pieces) > 1 else pieces[0]
+    return paddle.concat(pieces, axis=1)

@@ -99,11 +99,11 @@ class _DenseBlock(nn.Layer):
 class _Transition(nn.Layer):
     """BN-ReLU-Conv1x1 then 2x2 average pooling, halving the resolution.
 
-    The pooling runs before the convolution: a 1x1 convolution is the same
-    linear map at every pixel and the pooling averages pixels, so the two
-    commute (torchvision's order, the same function to float rounding), and
-    pooling first gives the convolution a quarter of the pixels, forward and
-    backward.
+    The pooling runs before the convolution (torchvision pools after it): a
+    1x1 convolution is the same linear map at every pixel and the pooling
+    averages pixels, so the two commute (the same function to float rounding),
+    and pooling first gives the convolution a quarter of the pixels, forward
+    and backward.
     """
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
