@@ -5,7 +5,8 @@ leak from one variant into another), built and warmed up once; then the main
 process asks the workers for one timed step each, in turn, for several rounds,
 so that the noise of a shared machine falls on all variants alike. Speed is
 reported as images per second and as a ratio against torch in the same run,
-both for wall time and for CPU time (all threads of the worker process).
+both for wall time and for CPU time (all threads of the worker process),
+with the minor page faults of the timed step (median).
 
 Variants (the default run: torch, paddle_eager, paddle_static, paddle_dp):
     torch            torchvision DenseNet-121 (14 outputs), BCEWithLogitsLoss, Adam (the reference)
@@ -19,6 +20,9 @@ Variants (the default run: torch, paddle_eager, paddle_static, paddle_dp):
                                  Paddle's operators, with the fold path for 3x3 convolutions)
     paddle_eager_conv2d          paddle_eager_no_cpu_kernels with Paddle's own 3x3 convolution (no fold path)
     paddle_eager_mkl_default     paddle_eager without MKL_DEBUG_CPU_TYPE (MKL's own code path)
+    paddle_eager_glibc_heap      paddle_eager with glibc's default heap behaviour (cpu_runtime.keep_freed_memory
+                                 not called; setting any MALLOC_* variable would not do: it turns off glibc's
+                                 own adaptive mmap threshold too)
     paddle_eager_mkl_avx2        paddle_eager with MKL_DEBUG_CPU_TYPE=5 (MKL's AVX2 kernels, where the package
                                  would pick its AVX-512 ones on an AMD processor that has them)
     paddle_*_onednn  paddle_eager / paddle_static with FLAGS_use_onednn / FLAGS_use_mkldnn on
@@ -39,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -52,7 +57,7 @@ from machine_info import cpu_model  # benchmarks/machine_info.py (run as scripts
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_VARIANTS = ("torch", "paddle_eager", "paddle_static", "paddle_dp")
-VARIANTS = DEFAULT_VARIANTS + ("paddle_eager_no_cpu_kernels", "paddle_eager_per_param_adam",
+VARIANTS = DEFAULT_VARIANTS + ("paddle_eager_no_cpu_kernels", "paddle_eager_glibc_heap", "paddle_eager_per_param_adam",
                                "paddle_eager_mkl_default", "paddle_eager_mkl_avx2", "paddle_eager_conv2d",
                                "paddle_eager_onednn",
                                "paddle_static_onednn", "paddle_legacy_static", "paddle_legacy_static_onednn_conv")
@@ -139,6 +144,10 @@ def _paddle_step(args: argparse.Namespace, variant: str):
     from paddle_chexnet.optim import build_optimizer
 
     processes = paddle.distributed.get_world_size()
+    if variant == "paddle_eager_glibc_heap":
+        import paddle_chexnet.cpu_runtime
+
+        paddle_chexnet.cpu_runtime.keep_freed_memory = lambda: False  # leave glibc's malloc as it is
     configure_cpu(args.threads // processes)  # paddle_eager_mkl_*: the MKL_DEBUG_CPU_TYPE given is kept
     if variant == "paddle_eager_conv2d":
         import paddle_chexnet.cpu_conv
@@ -232,10 +241,11 @@ def run_worker(args: argparse.Namespace) -> None:
     while commands.next_is_step():
         for _ in range(args.settle):
             step()
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         start, start_cpu = time.perf_counter(), time.process_time()
         loss = step()
         commands.send({"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - start_cpu,
-                       "loss": loss})
+                       "loss": loss, "page_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults})
 
 
 # ---------------------------------------------------------------------------- orchestration
@@ -305,7 +315,7 @@ class _Worker:
         if "seconds" not in replies[0]:
             return replies[0]
         return {"seconds": max(r["seconds"] for r in replies), "cpu_seconds": sum(r["cpu_seconds"] for r in replies),
-                "loss": replies[0]["loss"]}
+                "loss": replies[0]["loss"], "page_faults": sum(r["page_faults"] for r in replies)}
 
     def _send(self, line: str) -> None:
         for channel in self.channels:
@@ -351,6 +361,7 @@ def main(args: argparse.Namespace) -> dict:
                 workers.pop(variant, None)
         times: dict[str, list[float]] = {v: [] for v in variants}
         cpu_times: dict[str, list[float]] = {v: [] for v in variants}
+        faults: dict[str, list[int]] = {v: [] for v in variants}
         losses: dict[str, float] = {}
         for _ in range(args.rounds):
             for variant in variants:
@@ -358,6 +369,7 @@ def main(args: argparse.Namespace) -> dict:
                 reply = workers[variant].step()
                 times[variant].append(reply["seconds"])
                 cpu_times[variant].append(reply["cpu_seconds"])
+                faults[variant].append(reply["page_faults"])
                 losses[variant] = reply["loss"]
     finally:
         for worker in workers.values():
@@ -375,7 +387,7 @@ def main(args: argparse.Namespace) -> dict:
         "failed": failed,
     }
     print(f"{'variant':34s} {'wall s/step':>11s} {'images/s':>9s} {'vs torch':>9s} {'CPU s/step':>11s} "
-          f"{'vs torch':>9s}  per-round wall seconds")
+          f"{'vs torch':>9s} {'faults':>7s}  per-round wall seconds")
     for variant in variants:
         median = statistics.median(times[variant])
         median_cpu = statistics.median(cpu_times[variant])
@@ -384,9 +396,11 @@ def main(args: argparse.Namespace) -> dict:
         results["variants"][variant] = {"seconds": times[variant], "median_seconds": median,
                                         "images_per_second": args.batch_size / median, "ratio_vs_torch": ratio,
                                         "cpu_seconds": cpu_times[variant], "median_cpu_seconds": median_cpu,
-                                        "cpu_ratio_vs_torch": ratio_cpu, "last_loss": losses[variant]}
+                                        "cpu_ratio_vs_torch": ratio_cpu, "last_loss": losses[variant],
+                                        "page_faults": faults[variant]}
         print(f"{variant:34s} {median:11.3f} {args.batch_size / median:9.2f} {ratio:8.2f}x {median_cpu:11.3f} "
-              f"{ratio_cpu:8.2f}x  " + " ".join(f"{t:.2f}" for t in times[variant]))
+              f"{ratio_cpu:8.2f}x {statistics.median(faults[variant]):7.0f}  "
+              + " ".join(f"{t:.2f}" for t in times[variant]))
     for variant, reason in failed.items():
         print(f"{variant:34s} failed: {reason}")
     if args.json:

@@ -11,8 +11,8 @@ class ThreadedMaxPool2D(nn.MaxPool2D):
     """``nn.MaxPool2D(kernel_size, stride, padding)`` that runs the multi-threaded kernel on the CPU.
 
     Paddle's CPU max pooling runs on one thread; on DenseNet's stem
-    ([8, 64, 112, 112] at batch 8) forward + backward took 30 ms against 13 ms
-    here. The result and the gradient are Paddle's exactly: the maximum, and
+    ([8, 64, 112, 112] at batch 8) forward + backward took 20 ms against 5 ms
+    here (``benchmarks/bench_kernels.py``). The result and the gradient are Paddle's exactly: the maximum, and
     the gradient to the first maximum of each window, row by row. Other
     devices, static graphs, ``ceil_mode`` and ``return_mask`` run ``nn.MaxPool2D``.
     """

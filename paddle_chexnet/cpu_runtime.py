@@ -15,8 +15,9 @@ step fast"):
   (``mkl_blas_avx2_sgemm_*``), ``7`` its AVX-512 kernels for Skylake-SP
   (``mkl_blas_avx512_sgemm_*``, which need AVX512 F, CD, BW, DQ and VL, as
   AMD's Zen 4 and later have). On a Zen 5 EPYC a DenseNet-sized product ran at
-  100 GFLOP/s by default, 270 with ``5`` and 525 with ``7``, and the training
-  step 1.35x faster with ``7`` than with ``5`` (BENCHMARKS.md). The choice is
+  95 GFLOP/s by default, 260 with ``5`` and 504 with ``7``
+  (``benchmarks/bench_kernels.py``), and the training step 1.47x faster with
+  ``7`` than with ``5`` (``benchmarks/bench_train.py``, BENCHMARKS.md). The choice is
   made from the processor's flags in ``/proc/cpuinfo``: a type the processor
   cannot run ends the process with an illegal instruction, so without the
   flags nothing is set. (``6`` selects Xeon Phi kernels and ``8`` faults on
@@ -26,15 +27,16 @@ step fast"):
   Every process then runs the same code path, which matters beyond speed: the
   paths round differently, and after an Adam step (which divides by the
   gradient's size) the difference is visible in the weights.
-* **Freed tensors stay in the heap.** glibc's ``malloc`` serves blocks above a
-  threshold (at most 32 MB) by ``mmap`` and returns them to the system when
-  freed, so every large activation of a training step was new memory, faulted
-  in page by page: about 35,000 page faults per DenseNet-121 step at batch 8.
-  :func:`keep_freed_memory` raises the threshold to 256 MB and the trim
-  threshold to 1 GB (``mallopt``), so freed blocks are reused: 0-3,000 faults
-  and a 4 % faster step. Peak memory is unchanged; the process keeps what it
-  freed for its next step. Environment variables ``MALLOC_*_`` that the user
-  set win.
+* **Freed tensors stay in the heap.** glibc's ``malloc`` serves blocks above an
+  adaptive threshold (at most 32 MB) by ``mmap`` and returns them to the
+  system when freed, so large activations are faulted in again page by page:
+  about 3,000 page faults per DenseNet-121 step at batch 8 once the threshold
+  has adapted, more before. :func:`keep_freed_memory` raises the threshold to
+  256 MB and the trim threshold to 1 GB (``mallopt``), so freed blocks are
+  reused: no faults in a step, and the step 2-3 % faster
+  (``benchmarks/bench_train.py``, variant ``paddle_eager_glibc_heap``). Peak
+  memory is unchanged; the process keeps what it freed for its next step.
+  Environment variables ``MALLOC_*_`` that the user set win.
 """
 from __future__ import annotations
 
