@@ -15,10 +15,12 @@ import logging
 import sys
 from pathlib import Path
 
-from paddle_chexnet.data import ChestXray14Dataset, read_label_list
-from paddle_chexnet.device import select_device
-from paddle_chexnet.evaluate import default_num_workers, evaluate
-from paddle_chexnet.inference import MISSING_WEIGHTS_HELP, load_predictor
+from paddle_chexnet.data.datasets import ChestXray14Dataset
+from paddle_chexnet.data.label_lists import read_label_list
+from paddle_chexnet.evaluation.evaluate import default_num_workers, evaluate
+from paddle_chexnet.inference.predictors import load_predictor
+from paddle_chexnet.models.loading import MISSING_WEIGHTS_HELP
+from paddle_chexnet.utils.device import select_device
 
 logger = logging.getLogger("eval")
 

@@ -15,7 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from paddle_chexnet.training import ARCHITECTURES, IMAGENET_DOWNLOAD, TrainConfig, run_training
+from paddle_chexnet.conversion.pretrained import IMAGENET_DOWNLOAD
+from paddle_chexnet.engine.config import ARCHITECTURES, TrainConfig
+from paddle_chexnet.engine.trainer import run_training
 
 DEFAULTS = TrainConfig()
 
@@ -138,14 +140,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(args: argparse.Namespace) -> int:
-    from paddle_chexnet.distributed import is_main_process
+    from paddle_chexnet.engine.distributed import is_main_process
 
     logging.basicConfig(level=logging.INFO if is_main_process() else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(message)s")
     log = logging.getLogger("train")
-    from paddle_chexnet.callbacks import NonFiniteLossError
-    from paddle_chexnet.checkpoint import CheckpointError
-    from paddle_chexnet.training import PretrainedDownloadError
+    from paddle_chexnet.conversion.pretrained import PretrainedDownloadError
+    from paddle_chexnet.engine.callbacks import NonFiniteLossError
+    from paddle_chexnet.engine.checkpoint import CheckpointError
 
     try:
         config = config_from_args(args)

@@ -27,7 +27,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from machine_info import cpu_model  # benchmarks/machine_info.py (run as scripts from any folder)
+from machine_info import (
+    cpu_model,  # benchmarks/machine_info.py (run as scripts from any folder)
+)
 
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("torch", "paddle", "paddle_fold", "paddle_conv2d")
@@ -76,8 +78,8 @@ def run_worker(args: argparse.Namespace) -> dict[str, float]:
         return totals
     import paddle
 
-    from paddle_chexnet import cpu_conv
-    from paddle_chexnet.cpu_runtime import configure_cpu
+    from paddle_chexnet.cpu import layers as cpu_conv
+    from paddle_chexnet.cpu.runtime import configure_cpu
 
     configure_cpu(args.threads)
     if args.worker != "paddle":

@@ -36,12 +36,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 import numpy as np  # noqa: E402
+from machine_info import (
+    cpu_model,  # benchmarks/machine_info.py (run as scripts from any folder)
+)
 
-from paddle_chexnet.data import index_images, read_label_list  # noqa: E402
-from paddle_chexnet.images import read_xray  # noqa: E402
-from paddle_chexnet.transforms import EvalTransform  # noqa: E402
-
-from machine_info import cpu_model  # benchmarks/machine_info.py (run as scripts from any folder)
+from paddle_chexnet.data.datasets import index_images
+from paddle_chexnet.data.images import read_xray  # noqa: E402
+from paddle_chexnet.data.label_lists import read_label_list  # noqa: E402
+from paddle_chexnet.data.transforms import EvalTransform  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -129,9 +131,9 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from paddle_chexnet.convert import convert_state_dict
-    from paddle_chexnet.torch_checkpoint import read_checkpoint
-    from paddle_chexnet.verify import verify_conversion
+    from paddle_chexnet.conversion.layouts import convert_state_dict
+    from paddle_chexnet.conversion.readers import read_checkpoint
+    from paddle_chexnet.conversion.verify import verify_conversion
 
     started = datetime.datetime.now(datetime.timezone.utc)
     load_before = os.getloadavg()

@@ -38,7 +38,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from machine_info import cpu_model  # benchmarks/machine_info.py (run as scripts from any folder)
+from machine_info import (
+    cpu_model,  # benchmarks/machine_info.py (run as scripts from any folder)
+)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -79,7 +81,7 @@ def _peak_mb() -> float:
 
 def _image_list(args):
     """The sample's label list, cut to ``--limit`` images."""
-    from paddle_chexnet.data import read_label_list
+    from paddle_chexnet.data.label_lists import read_label_list
 
     labels = read_label_list(Path(args.data_dir) / "labels" / "sample_list.txt")
     if args.limit:
@@ -88,9 +90,9 @@ def _image_list(args):
 
 
 def run_paddle_fast(args, threads: int) -> dict:
-    from paddle_chexnet.data import ChestXray14Dataset
-    from paddle_chexnet.evaluate import predict_dataset
-    from paddle_chexnet.inference import load_predictor
+    from paddle_chexnet.data.datasets import ChestXray14Dataset
+    from paddle_chexnet.evaluation.evaluate import predict_dataset
+    from paddle_chexnet.inference.predictors import load_predictor
 
     dataset = ChestXray14Dataset(Path(args.data_dir) / "images", _image_list(args))
     predictor = load_predictor(args.weights, "inference", "cpu", 224, args.cache_dir, threads, args.micro_batch)
@@ -100,9 +102,9 @@ def run_paddle_fast(args, threads: int) -> dict:
 
 
 def run_paddle_fast_mp(args, threads: int) -> dict:
-    from paddle_chexnet.data import ChestXray14Dataset
-    from paddle_chexnet.evaluate import predict_dataset_parallel
-    from paddle_chexnet.inference import load_predictor
+    from paddle_chexnet.data.datasets import ChestXray14Dataset
+    from paddle_chexnet.evaluation.evaluate import predict_dataset_parallel
+    from paddle_chexnet.inference.predictors import load_predictor
 
     dataset = ChestXray14Dataset(Path(args.data_dir) / "images", _image_list(args))
     predictor = load_predictor(args.weights, "inference", "cpu", 224, args.cache_dir, threads, args.micro_batch)
@@ -117,9 +119,9 @@ def run_paddle_dygraph(args, threads: int) -> dict:
     import numpy as np
     import paddle
 
-    from paddle_chexnet.data import ChestXray14Dataset
-    from paddle_chexnet.inference import load_predictor
-    from paddle_chexnet.transforms import EvalTransform
+    from paddle_chexnet.data.datasets import ChestXray14Dataset
+    from paddle_chexnet.data.transforms import EvalTransform
+    from paddle_chexnet.inference.predictors import load_predictor
 
     paddle.set_device("cpu")
     dataset = ChestXray14Dataset(Path(args.data_dir) / "images", _image_list(args), EvalTransform("ten"))
@@ -186,7 +188,7 @@ def _make_weights(folder: Path) -> Path:
     import paddle
 
     from paddle_chexnet import chexnet
-    from paddle_chexnet.io_utils import atomic_paddle_save
+    from paddle_chexnet.utils.io import atomic_paddle_save
 
     paddle.seed(0)
     path = folder / "random_chexnet.pdparams"
@@ -202,7 +204,7 @@ def main(args: argparse.Namespace) -> dict:
     weights = _make_weights(work)
     cache = work / "cache"
     started = time.perf_counter()
-    from paddle_chexnet.inference import cached_export
+    from paddle_chexnet.inference.export import cached_export
 
     cached_export(weights, 224, cache)  # export once, as eval.py's cache would have it
     export_seconds = time.perf_counter() - started

@@ -27,7 +27,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from machine_info import cpu_model  # benchmarks/machine_info.py (run as scripts from any folder)
+from machine_info import (
+    cpu_model,  # benchmarks/machine_info.py (run as scripts from any folder)
+)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -71,8 +73,8 @@ def operator_cases(batch: int):
     import paddle.nn as nn
     import paddle.nn.functional as F
 
-    from paddle_chexnet import cpu_kernels as k
-    from paddle_chexnet.cpu_conv import conv3x3_fold
+    from paddle_chexnet.cpu import kernels as k
+    from paddle_chexnet.cpu.fold import conv3x3_fold
 
     def tensor(*shape, grad=True):
         t = paddle.randn(list(shape))
@@ -118,8 +120,8 @@ def operator_cases(batch: int):
 
 
 def run_operators(args: argparse.Namespace) -> list[dict]:
-    from paddle_chexnet.cpu_kernels import cpu_kernels
-    from paddle_chexnet.cpu_runtime import configure_cpu
+    from paddle_chexnet.cpu.kernels import cpu_kernels
+    from paddle_chexnet.cpu.runtime import configure_cpu
 
     configure_cpu(args.threads)
     if cpu_kernels() is None:
@@ -150,7 +152,7 @@ def product_worker(args: argparse.Namespace) -> None:
 
 
 def run_products(args: argparse.Namespace) -> dict[str, float]:
-    from paddle_chexnet.cpu_runtime import (
+    from paddle_chexnet.cpu.runtime import (
         MKL_AVX2_CPU_TYPE,
         MKL_AVX512_CPU_TYPE,
         MKL_CPU_TYPE_VARIABLE,

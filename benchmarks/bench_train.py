@@ -53,7 +53,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from machine_info import cpu_model  # benchmarks/machine_info.py (run as scripts from any folder)
+from machine_info import (
+    cpu_model,  # benchmarks/machine_info.py (run as scripts from any folder)
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_VARIANTS = ("torch", "paddle_eager", "paddle_static", "paddle_dp")
@@ -128,7 +130,7 @@ def _torch_step(args: argparse.Namespace):
 
 
 def _tiny_or_chexnet(args: argparse.Namespace):
-    from paddle_chexnet.densenet import DenseNet, chexnet
+    from paddle_chexnet.models.densenet import DenseNet, chexnet
 
     if args.arch == "tiny":
         return DenseNet(growth_rate=4, block_config=(1, 2), num_init_features=8, bn_size=2, num_classes=14)
@@ -139,9 +141,9 @@ def _paddle_step(args: argparse.Namespace, variant: str):
     """train.py's step: its CPU settings, network, optimizer and loss, under paddle.Model."""
     import paddle
 
-    from paddle_chexnet.cpu_runtime import configure_cpu
-    from paddle_chexnet.losses import WeightedBCEWithLogits
-    from paddle_chexnet.optim import build_optimizer
+    from paddle_chexnet.cpu.runtime import configure_cpu
+    from paddle_chexnet.engine.losses import WeightedBCEWithLogits
+    from paddle_chexnet.engine.optim import build_optimizer
 
     processes = paddle.distributed.get_world_size()
     if variant == "paddle_eager_glibc_heap":
@@ -185,9 +187,9 @@ def _paddle_legacy_static_step(args: argparse.Namespace, onednn_conv: bool):
     import paddle
 
     paddle.enable_static()
-    from paddle_chexnet.cpu_runtime import configure_cpu
-    from paddle_chexnet.losses import WeightedBCEWithLogits
-    from paddle_chexnet.optim import build_optimizer
+    from paddle_chexnet.cpu.runtime import configure_cpu
+    from paddle_chexnet.engine.losses import WeightedBCEWithLogits
+    from paddle_chexnet.engine.optim import build_optimizer
 
     configure_cpu(args.threads)
     paddle.set_device("cpu")

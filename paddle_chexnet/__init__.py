@@ -8,12 +8,12 @@ step here than with MKL's default path, BENCHMARKS.md) in this process and the p
 whichever of them makes the first matrix product (see
 :mod:`paddle_chexnet.cpu_runtime`).
 """
-from .cpu_runtime import use_fast_mkl_on_amd
+from paddle_chexnet.cpu.runtime import use_fast_mkl_on_amd
 
 use_fast_mkl_on_amd()
 
-from .densenet import DenseNet, WithSigmoid, chexnet, densenet121  # noqa: E402
-from .labels import CLASS_NAMES, NUM_CLASSES  # noqa: E402
+from paddle_chexnet.data.labels import CLASS_NAMES, NUM_CLASSES  # noqa: E402
+from paddle_chexnet.models.densenet import DenseNet, WithSigmoid, chexnet, densenet121  # noqa: E402
 
 __all__ = ["CLASS_NAMES", "NUM_CLASSES", "DenseNet", "WithSigmoid", "chexnet", "densenet121"]
 __version__ = "0.1.0"

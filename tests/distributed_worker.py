@@ -13,7 +13,8 @@ import paddle
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from paddle_chexnet.training import TrainConfig, run_training  # noqa: E402
+from paddle_chexnet.engine.config import TrainConfig
+from paddle_chexnet.engine.trainer import run_training  # noqa: E402
 
 
 def main(config_path: str, out_dir: str) -> None:

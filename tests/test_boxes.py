@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from paddle_chexnet.boxes import (
+from paddle_chexnet.data.transforms import EvalTransform
+from paddle_chexnet.localization.boxes import (
     BBOX_FINDINGS,
     BBoxFileError,
     Box,
@@ -25,8 +26,6 @@ from paddle_chexnet.boxes import (
     write_boxes_csv,
     write_localization_txt,
 )
-from paddle_chexnet.transforms import EvalTransform
-
 
 # --- IoU / IoBB --------------------------------------------------------------------------------
 
@@ -121,7 +120,7 @@ def test_geometry_follows_a_marker_through_eval_transform(size, crop):
     pixels[y0:y0 + height // 8, x0:x0 + width // 8] = 255
     resize = 64 if crop else 48
     if crop is None:
-        from paddle_chexnet.transforms import normalize, resize_shorter_side
+        from paddle_chexnet.data.transforms import normalize, resize_shorter_side
 
         chw = normalize(resize_shorter_side(Image.fromarray(pixels), resize))
     else:

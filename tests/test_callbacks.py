@@ -8,7 +8,7 @@ import numpy as np
 import paddle
 import pytest
 
-from paddle_chexnet.callbacks import (
+from paddle_chexnet.engine.callbacks import (
     LRStepper,
     MeanLoss,
     ResumableEarlyStopping,
@@ -16,9 +16,9 @@ from paddle_chexnet.callbacks import (
     ValidationOnly,
     write_history_csv,
 )
-from paddle_chexnet.losses import WeightedBCEWithLogits
-from paddle_chexnet.metrics import AUROC
-from paddle_chexnet.optim import build_optimizer, build_scheduler
+from paddle_chexnet.engine.losses import WeightedBCEWithLogits
+from paddle_chexnet.engine.optim import build_optimizer, build_scheduler
+from paddle_chexnet.evaluation.metrics import AUROC
 
 
 def fake_model(schedule: str = "plateau", **kwargs) -> SimpleNamespace:
@@ -161,7 +161,7 @@ def test_visualdl_logger_writes_each_epoch_row(monkeypatch, tmp_path) -> None:
             calls.append(("close",))
 
     monkeypatch.setitem(sys.modules, "visualdl", types.SimpleNamespace(LogWriter=LogWriter))
-    from paddle_chexnet.callbacks import VisualDLLogger
+    from paddle_chexnet.engine.callbacks import VisualDLLogger
 
     state = RunState(history=[{"epoch": 1, "train_loss": 0.5, "mean_auroc": 0.7, "auroc_Hernia": float("nan")}])
     logger = VisualDLLogger(state, tmp_path / "vdl")

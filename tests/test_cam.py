@@ -6,7 +6,12 @@ import paddle
 import pytest
 
 from paddle_chexnet import DenseNet
-from paddle_chexnet.cam import class_activation_maps, compute_heatmaps, grad_cam, grad_cam_plus_plus
+from paddle_chexnet.localization.cam import (
+    class_activation_maps,
+    compute_heatmaps,
+    grad_cam,
+    grad_cam_plus_plus,
+)
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import numpy as np
 import paddle
 import pytest
 
-import paddle_chexnet.io_utils as io_utils
-from paddle_chexnet.checkpoint import (
+import paddle_chexnet.utils.io as io_utils
+from paddle_chexnet.engine.checkpoint import (
     CheckpointError,
     checkpoint_paths,
     find_resumable,
@@ -18,8 +18,8 @@ from paddle_chexnet.checkpoint import (
     read_checkpoint_meta,
     save_checkpoint,
 )
-from paddle_chexnet.densenet import DenseNet
-from paddle_chexnet.optim import build_optimizer, build_scheduler
+from paddle_chexnet.engine.optim import build_optimizer, build_scheduler
+from paddle_chexnet.models.densenet import DenseNet
 
 
 def tiny_net() -> DenseNet:
@@ -113,7 +113,7 @@ def test_crash_between_files_is_detected_and_resume_falls_back(tmp_path: Path, m
     assert find_resumable(tmp_path) == "last"
 
     net1, opt1 = trained(2, seed=1)
-    import paddle_chexnet.checkpoint as checkpoint
+    import paddle_chexnet.engine.checkpoint as checkpoint
 
     def crash(path, text):
         raise Crash()
@@ -129,7 +129,7 @@ def test_crash_between_files_is_detected_and_resume_falls_back(tmp_path: Path, m
         load_checkpoint(tmp_path, "last", tiny_net())
     assert find_resumable(tmp_path) == "best"  # consistent, so a resume can continue from it
     # the new weights file itself is whole and loads as plain weights
-    from paddle_chexnet.state_dict import load_weights
+    from paddle_chexnet.models.state_dict import load_weights
 
     load_weights(tiny_net(), checkpoint_paths(tmp_path, "last")["params"])
 
@@ -162,9 +162,9 @@ def test_atomic_helpers_used_for_every_file(tmp_path: Path, monkeypatch) -> None
 _SAVER = r"""
 import sys
 import paddle
-from paddle_chexnet.checkpoint import save_checkpoint
-from paddle_chexnet.densenet import DenseNet
-from paddle_chexnet.optim import build_optimizer, build_scheduler
+from paddle_chexnet.engine.checkpoint import save_checkpoint
+from paddle_chexnet.models.densenet import DenseNet
+from paddle_chexnet.engine.optim import build_optimizer, build_scheduler
 
 net = DenseNet(growth_rate=4, block_config=(1, 2), num_init_features=8, bn_size=2, num_classes=3)
 opt = build_optimizer("adam", net.parameters(), build_scheduler("constant", 1e-3))

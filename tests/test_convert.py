@@ -16,7 +16,7 @@ import paddle
 import pytest
 
 from paddle_chexnet import DenseNet, chexnet
-from paddle_chexnet.convert import (
+from paddle_chexnet.conversion.layouts import (
     convert_state_dict,
     detect_format,
     load_pretrained_backbone,
@@ -25,8 +25,8 @@ from paddle_chexnet.convert import (
     strip_wrapper_prefixes,
     torch_to_paddle,
 )
-from paddle_chexnet.state_dict import StateDictMismatchError
-from paddle_chexnet.torch_checkpoint import CheckpointReadError, read_checkpoint
+from paddle_chexnet.conversion.readers import CheckpointReadError, read_checkpoint
+from paddle_chexnet.models.state_dict import StateDictMismatchError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY = {"growth_rate": 4, "block_config": (1, 2), "num_init_features": 8, "bn_size": 2}

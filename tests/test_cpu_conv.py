@@ -10,9 +10,11 @@ import paddle
 import paddle.nn.functional as F
 import pytest
 
-from paddle_chexnet import cpu_conv
-from paddle_chexnet.cpu_conv import Conv3x3, conv3x3_fold, fold_path_applies
-from paddle_chexnet.densenet import DenseNet
+from paddle_chexnet.cpu import fold as cpu_fold
+from paddle_chexnet.cpu import layers as cpu_conv
+from paddle_chexnet.cpu.fold import conv3x3_fold, fold_path_applies
+from paddle_chexnet.cpu.layers import Conv3x3
+from paddle_chexnet.models.densenet import DenseNet
 
 
 @pytest.fixture(autouse=True)
@@ -65,11 +67,11 @@ def test_path_taken_only_where_it_pays():
 def test_densenet_training_step_same_with_and_without_the_fold_path(monkeypatch):
     """A DenseNet with 32x32 maps in its first block: one Adam step either way gives the same weights."""
     calls = []
-    original = cpu_conv.conv3x3_fold
-    monkeypatch.setattr(cpu_conv, "conv3x3_fold", lambda x, w: calls.append(1) or original(x, w))
+    original = cpu_fold.conv3x3_fold
+    monkeypatch.setattr(cpu_fold, "conv3x3_fold", lambda x, w: calls.append(1) or original(x, w))
 
     def train_step(fold: bool) -> dict[str, np.ndarray]:
-        monkeypatch.setattr(cpu_conv, "MIN_PIXELS", 32 * 32 if fold else 1 << 30)
+        monkeypatch.setattr(cpu_fold, "MIN_PIXELS", 32 * 32 if fold else 1 << 30)
         paddle.seed(3)
         net = DenseNet(growth_rate=4, block_config=(2, 2), num_init_features=8, bn_size=2, num_classes=3)
         x = paddle.to_tensor(np.random.default_rng(0).normal(size=(2, 3, 128, 128)).astype("float32"))

@@ -10,23 +10,25 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 import pytest
 
-from paddle_chexnet import cpu_kernels as kernels_module
-from paddle_chexnet import cpu_runtime
-from paddle_chexnet.cpu_kernels import (
-    batch_norm_relu,
-    batch_norm_relu_pool,
+from paddle_chexnet.cpu import kernels as kernels_module
+from paddle_chexnet.cpu import runtime as cpu_runtime
+from paddle_chexnet.cpu.kernels import (
     build,
     build_or_warn,
+    cpu_kernels,
+    kernels_enabled,
+)
+from paddle_chexnet.cpu.ops import (
+    batch_norm_relu,
+    batch_norm_relu_pool,
     concat_channels,
     conv3x3_kernel,
     conv_im2col_kernel,
-    cpu_kernels,
     fused_path_applies,
     kernels_apply,
-    kernels_enabled,
     max_pool_kernel,
 )
-from paddle_chexnet.densenet import DenseNet
+from paddle_chexnet.models.densenet import DenseNet
 
 needs_kernels = pytest.mark.skipif(shutil.which("g++") is None, reason="needs a C++ compiler (g++)")
 
@@ -270,8 +272,7 @@ def test_concat_kernel_equals_paddle_concat_and_split(threads):
 
 @needs_kernels
 def test_stem_layers_take_the_kernels_only_where_they_apply():
-    from paddle_chexnet.cpu_conv import ThreadedConv2D
-    from paddle_chexnet.cpu_pool import ThreadedMaxPool2D
+    from paddle_chexnet.cpu.layers import ThreadedConv2D, ThreadedMaxPool2D
 
     conv = ThreadedConv2D(3, 4, 7, stride=2, padding=3)
     pool = ThreadedMaxPool2D(3, 2, 1)
@@ -331,7 +332,7 @@ def test_a_failed_build_says_why_and_training_falls_back(tmp_path, monkeypatch, 
     broken = tmp_path / "broken.cc"
     broken.write_text("#include \"paddle/extension.h\"\nthis is not C++;\n")
     monkeypatch.setattr(kernels_module, "SOURCE", broken)
-    with caplog.at_level(logging.WARNING, logger="paddle_chexnet.cpu_kernels"):
+    with caplog.at_level(logging.WARNING, logger="paddle_chexnet.cpu.kernels"):
         assert build_or_warn(tmp_path / "builds") is None  # one compiler run: build() raised inside
     message = caplog.text
     assert "could not build" in message and str(broken) in message
@@ -371,7 +372,7 @@ def test_build_key_changes_with_the_source_the_installation_and_the_processor(tm
 @needs_kernels
 def test_exported_models_contain_no_custom_operators(tmp_path):
     """Paddle Inference loads exports without this package's kernels, so an export must use Paddle's operators."""
-    from paddle_chexnet.inference import export_model
+    from paddle_chexnet.inference.export import export_model
 
     assert cpu_kernels() is not None  # the kernels are loaded in this process, yet not exported
     net = DenseNet(growth_rate=4, block_config=(2, 2), num_init_features=8, bn_size=2, num_classes=3)
@@ -385,6 +386,6 @@ def test_an_unusable_build_folder_is_a_warning_not_a_crash(tmp_path, caplog, mon
     monkeypatch.setattr(kernels_module, "_loaded", {})  # as in a process that has not loaded them yet
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    with caplog.at_level(logging.WARNING, logger="paddle_chexnet.cpu_kernels"):
+    with caplog.at_level(logging.WARNING, logger="paddle_chexnet.cpu.kernels"):
         assert build_or_warn(blocker / "kernels") is None
     assert "could not build" in caplog.text and str(blocker) in caplog.text

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from paddle_chexnet import cpu_runtime
-from paddle_chexnet.cpu_runtime import (
+from paddle_chexnet.cpu import runtime as cpu_runtime
+from paddle_chexnet.cpu.runtime import (
     MKL_CPU_TYPE_VARIABLE,
     configure_cpu,
     cpu_flags,
@@ -129,7 +129,7 @@ def test_configure_cpu_sets_mkl_threads():
     code = (
         "import ctypes\n"
         "import paddle\n"
-        "from paddle_chexnet.cpu_runtime import configure_cpu\n"
+        "from paddle_chexnet.cpu.runtime import configure_cpu\n"
         f"mkl = ctypes.CDLL({str(_mkl_library())!r})\n"
         "before = mkl.MKL_Get_Max_Threads()\n"
         "configure_cpu(2)\n"
@@ -155,7 +155,7 @@ def test_configure_cpu_gives_the_package_kernels_the_same_threads(monkeypatch):
 _FAULTS_CODE = """
 import ctypes, resource, sys
 if sys.argv[1] == "keep":
-    from paddle_chexnet.cpu_runtime import keep_freed_memory
+    from paddle_chexnet.cpu.runtime import keep_freed_memory
     assert keep_freed_memory()
 libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
@@ -188,6 +188,6 @@ def test_freed_large_blocks_are_reused_instead_of_faulted_in_again():
 
 
 def test_users_malloc_variables_are_left_alone():
-    from paddle_chexnet.cpu_runtime import keep_freed_memory
+    from paddle_chexnet.cpu.runtime import keep_freed_memory
 
     assert keep_freed_memory({"MALLOC_MMAP_THRESHOLD_": "131072"}) is False

@@ -8,21 +8,25 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from paddle_chexnet.data import (
+from paddle_chexnet.data.datasets import (
     ChestXray14Dataset,
-    LabelList,
-    LabelListError,
     MissingImagesError,
     index_images,
-    nih_label_lists,
+)
+from paddle_chexnet.data.images import ImageReadError
+from paddle_chexnet.data.label_lists import (
+    LabelList,
+    LabelListError,
     read_label_list,
-    read_nih_data_entry,
-    split_by_patient,
     write_label_list,
 )
-from paddle_chexnet.images import ImageReadError
-from paddle_chexnet.labels import CLASS_NAMES
-from paddle_chexnet.transforms import EvalTransform
+from paddle_chexnet.data.labels import CLASS_NAMES
+from paddle_chexnet.data.nih import (
+    nih_label_lists,
+    read_nih_data_entry,
+    split_by_patient,
+)
+from paddle_chexnet.data.transforms import EvalTransform
 
 C = len(CLASS_NAMES)
 

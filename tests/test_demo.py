@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from paddle_chexnet.synthetic import make_dataset
-from paddle_chexnet.training import TrainConfig, run_training
+from paddle_chexnet.data.synthetic import make_dataset
+from paddle_chexnet.engine.config import TrainConfig
+from paddle_chexnet.engine.trainer import run_training
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO_ROOT / "configs" / "demo.json"

@@ -5,7 +5,7 @@ import paddle
 import pytest
 
 from paddle_chexnet import CLASS_NAMES, DenseNet, WithSigmoid, chexnet
-from paddle_chexnet.state_dict import StateDictMismatchError, load_weights
+from paddle_chexnet.models.state_dict import StateDictMismatchError, load_weights
 
 
 def _tiny(num_classes: int = 14) -> DenseNet:

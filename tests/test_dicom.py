@@ -8,10 +8,14 @@ import pytest
 
 pydicom = pytest.importorskip("pydicom")
 from pydicom.dataset import FileDataset, FileMetaDataset  # noqa: E402
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid  # noqa: E402
+from pydicom.uid import (  # noqa: E402
+    ExplicitVRLittleEndian,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
 
-from paddle_chexnet.dicom import is_dicom_file, read_dicom, voi_output_range  # noqa: E402
-from paddle_chexnet.images import ImageReadError, read_xray  # noqa: E402
+from paddle_chexnet.data.dicom import is_dicom_file, read_dicom, voi_output_range  # noqa: E402
+from paddle_chexnet.data.images import ImageReadError, read_xray  # noqa: E402
 
 
 def write_dicom(

@@ -26,12 +26,13 @@ import numpy as np
 import paddle
 import pytest
 
-from paddle_chexnet.labels import CLASS_NAMES
-from paddle_chexnet.losses import make_loss
-from paddle_chexnet.metrics import AUROC
-from paddle_chexnet.optim import build_optimizer, build_scheduler
-from paddle_chexnet.sampling import SeededBatchSampler
-from paddle_chexnet.training import TrainConfig, build_datasets, build_network, seed_everything
+from paddle_chexnet.data.labels import CLASS_NAMES
+from paddle_chexnet.data.sampling import SeededBatchSampler
+from paddle_chexnet.engine.config import TrainConfig
+from paddle_chexnet.engine.losses import make_loss
+from paddle_chexnet.engine.optim import build_optimizer, build_scheduler
+from paddle_chexnet.engine.trainer import build_datasets, build_network, seed_everything
+from paddle_chexnet.evaluation.metrics import AUROC
 
 REPO = Path(__file__).resolve().parents[1]
 

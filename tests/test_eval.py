@@ -13,14 +13,15 @@ import pytest
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from paddle_chexnet.data import ChestXray14Dataset, read_label_list
-from paddle_chexnet.densenet import DenseNet, chexnet
-from paddle_chexnet.evaluate import evaluate, iterate_batches
-from paddle_chexnet.images import read_xray
-from paddle_chexnet.inference import DygraphPredictor, InferencePredictor
-from paddle_chexnet.io_utils import atomic_paddle_save
-from paddle_chexnet.labels import CLASS_NAMES
-from paddle_chexnet.transforms import EvalTransform
+from paddle_chexnet.data.datasets import ChestXray14Dataset
+from paddle_chexnet.data.images import read_xray
+from paddle_chexnet.data.label_lists import read_label_list
+from paddle_chexnet.data.labels import CLASS_NAMES
+from paddle_chexnet.data.transforms import EvalTransform
+from paddle_chexnet.evaluation.evaluate import evaluate, iterate_batches
+from paddle_chexnet.inference.predictors import DygraphPredictor, InferencePredictor
+from paddle_chexnet.models.densenet import DenseNet, chexnet
+from paddle_chexnet.utils.io import atomic_paddle_save
 
 REPO = Path(__file__).resolve().parents[1]
 C = len(CLASS_NAMES)
@@ -213,7 +214,7 @@ def test_defaults_follow_the_layout():
     assert args.label_list is None  # DATA_DIR/labels/test_list.txt
 
 
-@pytest.mark.filterwarnings("ignore::paddle_chexnet.metrics.UndefinedAUROCWarning")  # 6 images: rare findings absent
+@pytest.mark.filterwarnings("ignore::paddle_chexnet.evaluation.metrics.UndefinedAUROCWarning")  # 6 images: rare findings absent
 def test_real_sample_center_crop_subset(tmp_path, sample_dir, weights):
     """The real PNGs (incl. the RGBA one) through eval.py: 6 images, center crop, both backends agree."""
     names = sorted(p.name for p in (sample_dir / "images").glob("*.png"))

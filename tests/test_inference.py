@@ -5,16 +5,14 @@ import numpy as np
 import paddle
 import pytest
 
-from paddle_chexnet.densenet import DenseNet, chexnet
-from paddle_chexnet.inference import (
+from paddle_chexnet.inference.export import cached_export, default_cache_dir, export_key
+from paddle_chexnet.inference.predictors import (
     DygraphPredictor,
     InferencePredictor,
-    cached_export,
-    default_cache_dir,
-    export_key,
     load_predictor,
 )
-from paddle_chexnet.io_utils import atomic_paddle_save
+from paddle_chexnet.models.densenet import DenseNet, chexnet
+from paddle_chexnet.utils.io import atomic_paddle_save
 
 
 def _tiny(seed: int = 0) -> DenseNet:
@@ -93,7 +91,7 @@ def test_export_cache_reused_and_keyed_by_content(chexnet_weights, tmp_path, mon
     def fail(*args, **kwargs):
         raise AssertionError("exported again although the cache holds this model")
 
-    monkeypatch.setattr("paddle_chexnet.inference.export_model", fail)
+    monkeypatch.setattr("paddle_chexnet.inference.export.export_model", fail)
     again = cached_export(chexnet_weights, crop=32, cache_dir=tmp_path)
     assert again == first and again.with_suffix(".pdiparams").stat().st_mtime_ns == stamp
     monkeypatch.undo()

@@ -16,10 +16,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from paddle_chexnet.boxes import Box, localization_accuracy, match_boxes, read_bbox_csv
-from paddle_chexnet.localization import load_model, localize_known_findings
-from paddle_chexnet.synthetic import make_dataset
-from paddle_chexnet.training import TrainConfig, run_training
+from paddle_chexnet.data.synthetic import make_dataset
+from paddle_chexnet.engine.config import TrainConfig
+from paddle_chexnet.engine.trainer import run_training
+from paddle_chexnet.localization.boxes import (
+    Box,
+    localization_accuracy,
+    match_boxes,
+    read_bbox_csv,
+)
+from paddle_chexnet.localization.protocol import localize_known_findings
+from paddle_chexnet.models.densenet_spec import load_model
 
 pytestmark = pytest.mark.slow
 

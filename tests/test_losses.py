@@ -7,7 +7,12 @@ import numpy as np
 import paddle
 import pytest
 
-from paddle_chexnet.losses import WeightedBCEWithLogits, chexnet_weights, make_loss, pos_weights
+from paddle_chexnet.engine.losses import (
+    WeightedBCEWithLogits,
+    chexnet_weights,
+    make_loss,
+    pos_weights,
+)
 
 LABELS = np.array([[1, 0], [0, 0], [0, 1], [0, 0]], dtype=np.float32)  # class 0: 1 of 4, class 1: 1 of 4
 LOGITS = np.array([[2.0, -1.0], [0.5, 0.0], [-3.0, 4.0], [1.0, -2.0]], dtype=np.float32)

@@ -13,8 +13,13 @@ import paddle
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from paddle_chexnet.labels import CLASS_NAMES
-from paddle_chexnet.metrics import AUROC, UndefinedAUROCWarning, compute_auroc, mean_auroc
+from paddle_chexnet.data.labels import CLASS_NAMES
+from paddle_chexnet.evaluation.metrics import (
+    AUROC,
+    UndefinedAUROCWarning,
+    compute_auroc,
+    mean_auroc,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -130,7 +135,7 @@ import json, sys
 import numpy as np
 import paddle.distributed as dist
 sys.path.insert(0, {repo!r})
-from paddle_chexnet.metrics import AUROC
+from paddle_chexnet.evaluation.metrics import AUROC
 
 def worker():
     dist.init_parallel_env()

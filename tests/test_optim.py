@@ -5,7 +5,7 @@ import numpy as np
 import paddle
 import pytest
 
-from paddle_chexnet.optim import build_optimizer, build_scheduler
+from paddle_chexnet.engine.optim import build_optimizer, build_scheduler
 
 STEPS = 4
 

@@ -12,19 +12,17 @@ import pytest
 from PIL import Image
 
 from paddle_chexnet import CLASS_NAMES, DenseNet, densenet121
-from paddle_chexnet.boxes import read_localization_txt
-from paddle_chexnet.cam import class_activation_maps
-from paddle_chexnet.boxes import Box
-from paddle_chexnet.localization import (
+from paddle_chexnet.localization.boxes import Box, read_localization_txt
+from paddle_chexnet.localization.cam import class_activation_maps
+from paddle_chexnet.localization.predict import (
     format_prediction_table,
-    infer_densenet_config,
     iter_heatmaps,
     list_images,
-    load_model,
-    localize_known_findings,
     prepare_input,
     read_thresholds,
 )
+from paddle_chexnet.localization.protocol import localize_known_findings
+from paddle_chexnet.models.densenet_spec import infer_densenet_config, load_model
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"growth_rate": 4, "block_config": (1, 2), "num_init_features": 8, "bn_size": 2}
@@ -193,7 +191,7 @@ def test_localize_eval_end_to_end(tiny_weights, tmp_path):
 
 def test_known_findings_map_only_the_boxed_classes(tiny_weights, tmp_path, monkeypatch):
     """Only the boxed findings' maps are computed, and their boxes are those of the all-class maps."""
-    import paddle_chexnet.localization as localization
+    import paddle_chexnet.localization.predict as localization
 
     requested = []
     original = localization.compute_heatmaps
@@ -251,8 +249,8 @@ def test_predict_on_real_sample_images(sample_dir, tiny_weights, tmp_path):
 
 
 def test_overlay_colours_boxes_label_and_scale(tmp_path):
-    from paddle_chexnet.boxes import Box
-    from paddle_chexnet.visualize import colorize, overlay_heatmap, save_png
+    from paddle_chexnet.localization.boxes import Box
+    from paddle_chexnet.localization.overlays import colorize, overlay_heatmap, save_png
 
     image = Image.fromarray(np.full((40, 60), 100, dtype=np.uint8), "L")
     heatmap = np.zeros((40, 60), dtype=np.float32)
@@ -284,7 +282,7 @@ def test_unreadable_file_stops_the_run_or_is_skipped(tiny_weights, tmp_path):
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     predict = load_tool("predict")
     base = [str(folder), "--weights", str(tiny_weights), "--threshold", "1", "--quiet"]
-    from paddle_chexnet.images import ImageReadError
+    from paddle_chexnet.data.images import ImageReadError
 
     with pytest.raises(ImageReadError, match="broken.png"):
         predict.main(predict.get_args_parser().parse_args(base + ["--output-dir", str(tmp_path / "a")]))

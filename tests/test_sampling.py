@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from paddle_chexnet.sampling import SeededAugmentation, SeededBatchSampler
-from paddle_chexnet.transforms import TrainTransform
+from paddle_chexnet.data.sampling import SeededAugmentation, SeededBatchSampler
+from paddle_chexnet.data.transforms import TrainTransform
 
 
 def batches(n, bs, epoch, seed=0, replicas=1, rank=0, **kw):

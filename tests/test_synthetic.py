@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from paddle_chexnet.boxes import read_bbox_csv
-from paddle_chexnet.data import nih_label_lists, read_label_list, read_name_list, read_nih_data_entry
-from paddle_chexnet.labels import CLASS_NAMES
-from paddle_chexnet.synthetic import (
+from paddle_chexnet.data.label_lists import read_label_list
+from paddle_chexnet.data.labels import CLASS_NAMES
+from paddle_chexnet.data.nih import nih_label_lists, read_name_list, read_nih_data_entry
+from paddle_chexnet.data.synthetic import (
     BBOX_HEADER,
     PATTERNS,
     SPLITS,
@@ -20,6 +20,7 @@ from paddle_chexnet.synthetic import (
     make_dataset,
     render_example,
 )
+from paddle_chexnet.localization.boxes import read_bbox_csv
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NUM_IMAGES, IMAGE_SIZE, SEED = 120, 96, 7

@@ -11,12 +11,13 @@ import paddle
 import pytest
 from PIL import Image
 
-from paddle_chexnet.callbacks import NonFiniteLossError, history_columns
-from paddle_chexnet.checkpoint import checkpoint_paths, read_checkpoint_meta
-from paddle_chexnet.densenet import DenseNet
-from paddle_chexnet.labels import CLASS_NAMES
-from paddle_chexnet.state_dict import load_weights
-from paddle_chexnet.training import ARCHITECTURES, TrainConfig, run_training
+from paddle_chexnet.data.labels import CLASS_NAMES
+from paddle_chexnet.engine.callbacks import NonFiniteLossError, history_columns
+from paddle_chexnet.engine.checkpoint import checkpoint_paths, read_checkpoint_meta
+from paddle_chexnet.engine.config import ARCHITECTURES, TrainConfig
+from paddle_chexnet.engine.trainer import run_training
+from paddle_chexnet.models.densenet import DenseNet
+from paddle_chexnet.models.state_dict import load_weights
 
 
 def make_dataset(root: Path, n_train: int = 12, n_val: int = 8, size: int = 40, seed: int = 0) -> Path:
@@ -163,7 +164,7 @@ class _NaNAtStep(paddle.nn.Layer):
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import paddle_chexnet.training as training
+    import paddle_chexnet.engine.trainer as training
 
     real_make_loss = training.make_loss
     monkeypatch.setattr(training, "make_loss", lambda *a, **k: _NaNAtStep(real_make_loss(*a, **k), nan_at=5))
@@ -178,7 +179,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 
 
 def test_resume_without_checkpoint_is_a_clear_error(data_dir: Path, tmp_path: Path) -> None:
-    from paddle_chexnet.checkpoint import CheckpointError
+    from paddle_chexnet.engine.checkpoint import CheckpointError
 
     with pytest.raises(CheckpointError, match="no checkpoint in .*--run-name"):
         run_training(tiny_config(data_dir, tmp_path, resume=True))
@@ -194,7 +195,7 @@ def test_class_weighted_training_runs_and_is_finite(data_dir: Path, tmp_path: Pa
 def test_offline_imagenet_download_names_the_local_alternative(monkeypatch: pytest.MonkeyPatch) -> None:
     import paddle.utils.download as download
 
-    from paddle_chexnet.training import download_imagenet_weights
+    from paddle_chexnet.conversion.pretrained import download_imagenet_weights
 
     def offline(url, md5sum=None):
         raise OSError("Network is unreachable")
@@ -264,7 +265,7 @@ def test_cli_reports_user_errors_without_a_traceback(tmp_path: Path, caplog: pyt
 
 
 def test_pretrained_backbone_is_loaded_and_the_classifier_is_not(tmp_path: Path) -> None:
-    from paddle_chexnet.training import build_network
+    from paddle_chexnet.engine.trainer import build_network
 
     paddle.seed(123)
     source = DenseNet(num_classes=5, **ARCHITECTURES["tiny"])  # another head size: only features.* are used

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from paddle_chexnet.images import read_xray
-from paddle_chexnet.transforms import EvalTransform, five_crop_offsets, ten_crop
+from paddle_chexnet.data.images import read_xray
+from paddle_chexnet.data.transforms import EvalTransform, five_crop_offsets, ten_crop
 
 SAMPLE_FAST = 4  # real images in the fast suite; all 200 in the slow one
 

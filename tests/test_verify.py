@@ -13,15 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SAMPLE_DIR
 from PIL import Image
 
-from conftest import SAMPLE_DIR
-from paddle_chexnet.convert import convert_state_dict
-from paddle_chexnet.images import read_xray
-from paddle_chexnet.labels import CLASS_NAMES
-from paddle_chexnet.torch_checkpoint import read_checkpoint
-from paddle_chexnet.transforms import EvalTransform
-from paddle_chexnet.verify import (
+from paddle_chexnet.conversion.layouts import convert_state_dict
+from paddle_chexnet.conversion.readers import read_checkpoint
+from paddle_chexnet.conversion.verify import (
     AUROC_BOUND,
     PROB_BOUND,
     RANDOM_BOUND,
@@ -30,6 +27,9 @@ from paddle_chexnet.verify import (
     random_images,
     verify_conversion,
 )
+from paddle_chexnet.data.images import read_xray
+from paddle_chexnet.data.labels import CLASS_NAMES
+from paddle_chexnet.data.transforms import EvalTransform
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.torch
@@ -112,7 +112,7 @@ def arnoweng_conversion(arnoweng_file):
 
 def _covering_subset(label_path: Path, count: int) -> tuple[list[str], np.ndarray]:
     """``count`` rows that give as many classes as possible a positive (first ones, greedily)."""
-    from paddle_chexnet.data import read_label_list
+    from paddle_chexnet.data.label_lists import read_label_list
 
     labels = read_label_list(label_path)
     chosen: list[int] = []
@@ -269,7 +269,7 @@ def test_random_images_are_seeded_smooth_and_normalised():
 @pytest.mark.slow
 @pytest.mark.shared_data
 def test_arnoweng_checkpoint_matches_torchvision_on_all_200_images(arnoweng_conversion, sample_dir):
-    from paddle_chexnet.data import read_label_list
+    from paddle_chexnet.data.label_lists import read_label_list
 
     checkpoint, conversion = arnoweng_conversion
     labels = read_label_list(sample_dir / "labels" / "sample_list.txt")

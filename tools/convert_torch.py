@@ -24,11 +24,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from paddle_chexnet.convert import FORMAT_DESCRIPTIONS, HEADS, convert_state_dict  # noqa: E402
-from paddle_chexnet.io_utils import atomic_paddle_save, atomic_write_text  # noqa: E402
-from paddle_chexnet.labels import CLASS_NAMES  # noqa: E402
-from paddle_chexnet.state_dict import StateDictMismatchError  # noqa: E402
-from paddle_chexnet.torch_checkpoint import CheckpointReadError, read_checkpoint  # noqa: E402
+from paddle_chexnet.conversion.layouts import (  # noqa: E402
+    FORMAT_DESCRIPTIONS,
+    HEADS,
+    convert_state_dict,
+)
+from paddle_chexnet.conversion.readers import CheckpointReadError, read_checkpoint  # noqa: E402
+from paddle_chexnet.data.labels import CLASS_NAMES  # noqa: E402
+from paddle_chexnet.models.state_dict import StateDictMismatchError  # noqa: E402
+from paddle_chexnet.utils.io import atomic_paddle_save, atomic_write_text  # noqa: E402
 
 LOG = logging.getLogger("convert_torch")
 DEFAULT_DIR = Path("pretrained_models")
@@ -107,11 +111,12 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def run_verify(args: argparse.Namespace, fmt: str, source_state: dict, converted: dict) -> bool:
     """Run --verify, print the table, return whether every bound holds."""
-    from paddle_chexnet.verify import verify_conversion
+    from paddle_chexnet.conversion.verify import verify_conversion
 
     paths = labels = None
     if args.images is not None:
-        from paddle_chexnet.data import index_images, read_label_list
+        from paddle_chexnet.data.datasets import index_images
+        from paddle_chexnet.data.label_lists import read_label_list
 
         label_list = read_label_list(args.labels)
         if args.limit is not None:

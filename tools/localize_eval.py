@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from paddle_chexnet.boxes import IOBB_THRESHOLDS, IOU_THRESHOLDS  # noqa: E402
-from paddle_chexnet.cam import METHODS  # noqa: E402
-from paddle_chexnet.localization import add_heatmap_box_arguments  # noqa: E402
+from paddle_chexnet.cli.heatmap_args import add_heatmap_box_arguments  # noqa: E402
+from paddle_chexnet.localization.boxes import IOBB_THRESHOLDS, IOU_THRESHOLDS  # noqa: E402
+from paddle_chexnet.localization.cam import METHODS  # noqa: E402
 
 logger = logging.getLogger("localize_eval")
 
@@ -67,11 +67,17 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace):
     from tqdm import tqdm
 
-    from paddle_chexnet.boxes import localization_accuracy, read_bbox_csv, write_boxes_csv, write_localization_txt
-    from paddle_chexnet.data import index_images
-    from paddle_chexnet.device import select_device
-    from paddle_chexnet.io_utils import atomic_write_text
-    from paddle_chexnet.localization import load_model, localize_known_findings
+    from paddle_chexnet.data.datasets import index_images
+    from paddle_chexnet.localization.boxes import (
+        localization_accuracy,
+        read_bbox_csv,
+        write_boxes_csv,
+        write_localization_txt,
+    )
+    from paddle_chexnet.localization.protocol import localize_known_findings
+    from paddle_chexnet.models.densenet_spec import load_model
+    from paddle_chexnet.utils.device import select_device
+    from paddle_chexnet.utils.io import atomic_write_text
 
     if args.layer is not None and args.method == "cam":
         raise ValueError("--layer applies to --cam gradcam and gradcampp; CAM uses the last feature map")

@@ -19,8 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from paddle_chexnet.data import LabelListError, nih_label_lists, read_nih_data_entry, write_label_list  # noqa: E402
-from paddle_chexnet.labels import CLASS_NAMES  # noqa: E402
+from paddle_chexnet.data.label_lists import LabelListError, write_label_list
+from paddle_chexnet.data.labels import CLASS_NAMES  # noqa: E402
+from paddle_chexnet.data.nih import nih_label_lists, read_nih_data_entry  # noqa: E402
 
 LOG = logging.getLogger("make_label_lists")
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from paddle_chexnet.labels import CLASS_NAMES  # noqa: E402
-from paddle_chexnet.synthetic import SPLITS, make_dataset  # noqa: E402
+from paddle_chexnet.data.labels import CLASS_NAMES  # noqa: E402
+from paddle_chexnet.data.synthetic import SPLITS, make_dataset  # noqa: E402
 
 LOGGER = logging.getLogger("make_synthetic")
 

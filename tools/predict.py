@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from paddle_chexnet.cam import METHODS  # noqa: E402
-from paddle_chexnet.localization import add_heatmap_box_arguments  # noqa: E402
+from paddle_chexnet.cli.heatmap_args import add_heatmap_box_arguments  # noqa: E402
+from paddle_chexnet.localization.cam import METHODS  # noqa: E402
 
 logger = logging.getLogger("predict")
 
@@ -54,8 +54,13 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace):
     from tqdm import tqdm
 
-    from paddle_chexnet.device import select_device
-    from paddle_chexnet.localization import PredictOptions, load_model, predict, read_thresholds
+    from paddle_chexnet.localization.predict import (
+        PredictOptions,
+        predict,
+        read_thresholds,
+    )
+    from paddle_chexnet.models.densenet_spec import load_model
+    from paddle_chexnet.utils.device import select_device
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")

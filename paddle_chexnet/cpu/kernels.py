@@ -1,0 +1,210 @@
+"""Multi-threaded CPU kernels for training (``csrc/cpu_kernels.cc``), compiled once per machine.
+
+Paddle's CPU kernels for BatchNorm, ReLU, concat and pooling run on one
+thread, and its convolution copies the wide side of DenseNet's 3x3
+convolutions nine times over; before these kernels a DenseNet-121 training
+step ran at 0.76x torch's speed on 2 cores, with them at 1.39x (BENCHMARKS.md).
+This module builds Paddle custom operators (OpenMP over channels or images,
+MKL's CBLAS for the products) and wraps them:
+
+* :func:`batch_norm_relu`: BatchNorm in training mode fused with the ReLU that
+  follows every BatchNorm in DenseNet; :func:`batch_norm_relu_pool` the same
+  with a transition's 2x2 average pooling;
+* :func:`conv3x3_kernel`: the dense layers' 3x3 convolutions;
+  :func:`conv_im2col_kernel`: any other convolution (the stem);
+* :func:`max_pool_kernel`: the stem's max pooling; :func:`concat_channels`:
+  the dense blocks' concatenations.
+
+Each is used where it applies, CPU float32 tensors in a dynamic graph (and,
+for the BatchNorms, a ``BatchNorm2D`` in training mode); GPUs, ``to_static``
+and exported models keep Paddle's own kernels, and so does every run where the
+operators cannot be built, or off Linux (the build uses GNU ld and OpenMP).
+
+The source is compiled with the C++ compiler Paddle's ``cpp_extension`` finds
+(``g++``), with ``-march=native``, the first time it is needed (about 8 s), into
+``~/.cache/paddle_chexnet/kernels/<hash>`` (``PADDLE_CHEXNET_KERNEL_DIR`` moves
+it); the hash covers the source, the flags, Paddle's version and folder, and
+the processor's instruction sets, so a changed source, another Paddle
+installation or another processor builds anew and a cached build is never run
+where it does not fit. Processes started
+together (``paddle.distributed.launch``) build it once, under a file lock.
+
+``PADDLE_CHEXNET_CPU_KERNELS=0`` turns the kernels off. Where the build
+fails (no compiler), a warning says so once and training goes on, slower, with
+Paddle's kernels; the results are the same to float rounding either way
+(``tests/test_cpu_kernels.py``).
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+from types import ModuleType
+
+import paddle
+
+from paddle_chexnet.cpu.runtime import cpu_flags
+
+logger = logging.getLogger(__name__)
+
+
+SOURCE = Path(__file__).resolve().parent / "csrc" / "cpu_kernels.cc"
+
+
+COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno")
+
+
+LINK_FLAGS = ("-Wl,--no-as-needed", "-l:libiomp5.so", "-l:libmklml_intel.so")
+
+
+SWITCH_VARIABLE = "PADDLE_CHEXNET_CPU_KERNELS"
+
+
+OPERATORS = ("chexnet_bn_relu", "chexnet_bn_relu_pool", "chexnet_concat", "chexnet_conv3x3", "chexnet_conv_im2col",
+             "chexnet_max_pool")
+
+
+DIRECTORY_VARIABLE = "PADDLE_CHEXNET_KERNEL_DIR"
+
+
+class KernelBuildError(RuntimeError):
+    """The CPU kernels could not be compiled or loaded."""
+
+
+def kernels_enabled(environ=os.environ) -> bool:
+    """False where the user turned the kernels off (``PADDLE_CHEXNET_CPU_KERNELS=0``)."""
+    return environ.get(SWITCH_VARIABLE, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def build_key() -> str:
+    """What a cached build depends on: source, flags, the Paddle installation and the processor's instruction sets.
+
+    The installation's folder counts, not only its version: the library is
+    linked against that installation's ``libpaddle.so`` and MKL (by path), so
+    another virtual environment gets a build of its own.
+    """
+    digest = hashlib.sha256()
+    digest.update(SOURCE.read_bytes())
+    installation = str(Path(paddle.__file__).resolve().parent)
+    digest.update(repr((COMPILE_FLAGS, LINK_FLAGS, paddle.__version__, installation, sorted(cpu_flags()))).encode())
+    return digest.hexdigest()[:16]
+
+
+def build_directory(environ=os.environ) -> Path:
+    """Where builds are kept: ``$PADDLE_CHEXNET_KERNEL_DIR`` or ``~/.cache/paddle_chexnet/kernels``."""
+    if environ.get(DIRECTORY_VARIABLE):
+        return Path(environ[DIRECTORY_VARIABLE]).expanduser()
+    return Path.home() / ".cache" / "paddle_chexnet" / "kernels"
+
+
+@contextlib.contextmanager
+def _output_to(log_path: Path):
+    """Send this process's stdout and stderr (and its children's: the compiler's) to ``log_path``.
+
+    Paddle's extension builder runs setup.py in a subprocess that prints every
+    compiler command and a ccache notice; that belongs in a build log, not in
+    a training log.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with open(log_path, "w") as log:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+
+
+def _log_tail(log_path: Path, lines: int = 15) -> str:
+    try:
+        text = log_path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return "\n".join(text[-lines:])
+
+
+# builds loaded in this process, by key: Paddle registers a custom operator once per process, and a
+# second load of the same library would give a module without the operators
+_loaded: dict[str, ModuleType] = {}
+
+
+def build(directory: Path | None = None) -> ModuleType:
+    """Compile (or reuse a cached build of) the kernels and load them.
+
+    Raises:
+        KernelBuildError: the compiler or the loader failed; the message says why and how to go without.
+    """
+    key = build_key()
+    if key in _loaded:
+        return _loaded[key]
+    root = (directory or build_directory()) / key
+    log_path = root / "build.log"
+    try:
+        import fcntl  # Linux only, as the kernels (cpu_kernels() asks for them nowhere else)
+
+        root.mkdir(parents=True, exist_ok=True)
+        with open(root / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one build for all processes of a launch
+            with _output_to(log_path):
+                from paddle.utils.cpp_extension import load
+
+                module = load(
+                    name=f"paddle_chexnet_cpu_{key}",
+                    sources=[str(SOURCE)],
+                    extra_cxx_cflags=list(COMPILE_FLAGS),
+                    extra_ldflags=list(LINK_FLAGS),
+                    build_directory=str(root),
+                    verbose=False,
+                )
+    except Exception as exc:  # the compiler's, setuptools' and the loader's errors all end here
+        tail = _log_tail(log_path)
+        raise KernelBuildError(
+            f"could not build the CPU training kernels from {SOURCE} in {root}: {type(exc).__name__}: {exc}"
+            + (f"\nlast lines of {log_path}:\n{tail}" if tail else "")
+            + f"\nTraining still works with Paddle's own kernels (slower on the CPU); install a C++ compiler "
+            f"(g++) to get them, or set {SWITCH_VARIABLE}=0 to stop trying."
+        ) from exc
+    missing = [op for op in OPERATORS if not hasattr(module, op)]
+    if missing:
+        raise KernelBuildError(f"the build in {root} loaded without the operators {', '.join(missing)}")
+    _loaded[key] = module
+    return module
+
+
+def build_or_warn(directory: Path | None = None) -> ModuleType | None:
+    """:func:`build`, or ``None`` with a warning that says why and that Paddle's kernels are used instead."""
+    try:
+        return build(directory)
+    except KernelBuildError as exc:
+        logger.warning("%s", exc)
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def _built_kernels() -> ModuleType | None:
+    return build_or_warn()
+
+
+def cpu_kernels() -> ModuleType | None:
+    """The loaded kernels, built on first use; ``None`` where they are turned off or cannot be built.
+
+    ``PADDLE_CHEXNET_CPU_KERNELS`` is read at every call, so it can be changed
+    while a program runs (the tests compare both paths that way).
+    """
+    if not kernels_enabled() or not sys.platform.startswith("linux"):
+        return None
+    return _built_kernels()

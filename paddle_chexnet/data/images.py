@@ -1,0 +1,84 @@
+"""Reading X-ray image files into the 8-bit image the network's preprocessing expects.
+
+NIH's PNGs are 8-bit grayscale, but real collections also hold RGBA, RGB,
+palette and 16-bit files. :func:`read_xray` returns mode ``'L'`` whenever the
+picture is gray (all channels equal), else ``'RGB'``. Returning ``'L'`` for a
+gray picture is exact, not an approximation: PIL's RGB->L weights sum to
+65536/65536, so ``convert('L')`` of equal channels gives the same value, and
+resizing one plane equals resizing each of three equal planes. It is also 3x
+less resizing work than the reference's ``convert('RGB')``.
+
+16-bit images are scaled linearly from their own minimum..maximum to 0..255:
+X-ray detectors fill 10 to 14 of the 16 bits, so scaling by 65535 would give
+a nearly black picture. (The reference's ``convert('RGB')`` clips them to 255,
+which is worse.)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+_WIDE_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
+
+
+DICOM_SUFFIXES = {".dcm", ".dicom"}
+
+
+_PICTURE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
+
+
+class ImageReadError(OSError):
+    """An image file that is missing, truncated or not an image."""
+
+
+def scale_to_uint8(values: np.ndarray) -> np.ndarray:
+    """Scale an array linearly from its min..max to 0..255 (all zeros when constant)."""
+    values = np.asarray(values, dtype=np.float64)
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return np.zeros(values.shape, dtype=np.uint8)
+    return np.round((values - low) * (255.0 / (high - low))).astype(np.uint8)
+
+
+def to_model_mode(image: Image.Image) -> Image.Image:
+    """Convert any PIL image to ``'L'`` (gray content) or ``'RGB'`` (colour content)."""
+    mode = image.mode
+    if mode == "L":
+        return image
+    if mode in _WIDE_MODES:
+        return Image.fromarray(scale_to_uint8(np.asarray(image)), mode="L")
+    if mode in ("1", "LA", "La"):
+        return image.convert("L")  # LA -> L drops alpha, as convert('RGB') does
+    rgb = image if mode == "RGB" else image.convert("RGB")
+    planes = np.asarray(rgb)
+    if np.array_equal(planes[..., 0], planes[..., 1]) and np.array_equal(planes[..., 0], planes[..., 2]):
+        return Image.fromarray(np.ascontiguousarray(planes[..., 0]), mode="L")
+    return rgb
+
+
+def read_xray(path: str | Path) -> Image.Image:
+    """Read a PNG/JPEG (or DICOM, by suffix or magic) X-ray as a PIL image in mode ``'L'`` or ``'RGB'``.
+
+    Raises:
+        ImageReadError: the file is missing, unreadable or truncated; the message names it.
+    """
+    path = Path(path)
+    from paddle_chexnet.data.dicom import (  # pydicom itself is imported only for DICOM files
+        is_dicom_file,
+        read_dicom,
+    )
+
+    # DICOM by suffix, or by its "DICM" magic (PACS exports often have no suffix)
+    suffix = path.suffix.lower()
+    if suffix in DICOM_SUFFIXES or (suffix not in _PICTURE_SUFFIXES and is_dicom_file(path)):
+        return read_dicom(path)
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            return to_model_mode(opened)
+    except FileNotFoundError as exc:
+        raise ImageReadError(f"image file not found: {path}") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(f"cannot read image {path}: {exc}. Is the file complete (re-extract it)?") from exc

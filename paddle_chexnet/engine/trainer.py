@@ -1,0 +1,364 @@
+"""Training CheXNet with ``paddle.Model``: the configuration, the wiring, and :func:`run_training`.
+
+The loop is Paddle's: ``paddle.Model(net)``, ``prepare(optimizer, loss,
+metrics)``, ``fit(..., callbacks)``. This module builds the pieces from a
+:class:`TrainConfig`; the pieces live in their own modules (losses, optim,
+sampling, callbacks, checkpoint, distributed).
+
+Outputs of a run named ``RUN``:
+
+* ``OUTPUT_DIR/RUN/{last,best}.{pdparams,pdopt,json}``: checkpoints
+  (``.pdparams`` loads with ``chexnet(weights=...)``);
+* ``LOG_DIR/RUN/history.csv`` (one row per epoch), ``config.json``, and
+  VisualDL scalars when ``visualdl`` is installed.
+
+Under ``python -m paddle.distributed.launch`` every process runs this same
+code; ``batch_size`` is per process, only rank 0 writes files, and the
+validation AUROC is computed over the whole validation set.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paddle
+
+from paddle_chexnet.conversion.pretrained import (
+    IMAGENET_DOWNLOAD,
+    download_imagenet_weights,
+)
+from paddle_chexnet.cpu.kernels import cpu_kernels
+from paddle_chexnet.cpu.runtime import usable_cores
+from paddle_chexnet.data.sampling import SeededAugmentation, SeededBatchSampler
+from paddle_chexnet.engine.callbacks import (
+    CheckpointSaver,
+    CSVLogger,
+    EpochSetup,
+    EpochSummary,
+    LRStepper,
+    MeanLoss,
+    NonFiniteLossGuard,
+    ProgressBar,
+    ResumableEarlyStopping,
+    RunState,
+    ValidationOnly,
+    VisualDLLogger,
+    history_columns,
+)
+from paddle_chexnet.engine.checkpoint import (
+    CheckpointError,
+    checkpoint_paths,
+    find_resumable,
+    load_checkpoint,
+)
+from paddle_chexnet.engine.config import ARCHITECTURES, TrainConfig
+from paddle_chexnet.engine.distributed import is_main_process, world_size
+from paddle_chexnet.engine.losses import make_loss
+from paddle_chexnet.engine.optim import (
+    build_optimizer,
+    build_scheduler,
+)
+from paddle_chexnet.models.densenet import DenseNet, chexnet
+from paddle_chexnet.utils.device import select_device
+from paddle_chexnet.utils.io import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`run_training` returns.
+
+    Attributes:
+        best_metric (float): best mean validation AUROC (NaN if no epoch had a defined one).
+        best_epoch (int): its epoch, 1-based (0 if none).
+        best_checkpoint (Path | None): ``best.pdparams``.
+        last_checkpoint (Path | None): ``last.pdparams``.
+        history (list[dict]): one row per epoch, the CSV's columns.
+        stopped_early (bool): early stopping ended the run.
+        network (DenseNet): the trained network (the last epoch's weights), in eval mode.
+        checkpoint_dir (Path): OUTPUT_DIR/RUN_NAME.
+        log_dir (Path): LOG_DIR/RUN_NAME.
+    """
+
+    best_metric: float
+    best_epoch: int
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
+    history: list[dict[str, Any]]
+    stopped_early: bool
+    network: DenseNet = field(repr=False)
+    checkpoint_dir: Path = Path()
+    log_dir: Path = Path()
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and Paddle (weight initialisation)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    paddle.seed(seed)
+
+
+def build_network(config: TrainConfig, num_classes: int, class_names: Sequence[str]) -> DenseNet:
+    """The network of ``config.arch``, with the ImageNet backbone of ``config.pretrained`` if given."""
+    if config.arch == "densenet121":
+        net = chexnet(num_classes=num_classes, class_names=class_names)
+    else:
+        net = DenseNet(num_classes=num_classes, class_names=class_names, **ARCHITECTURES[config.arch])
+    if config.pretrained:
+        from paddle_chexnet.conversion.layouts import load_pretrained_backbone
+
+        path = download_imagenet_weights() if config.pretrained == IMAGENET_DOWNLOAD else config.pretrained
+        if not Path(path).is_file():
+            raise FileNotFoundError(
+                f"--pretrained {path}: no such file. Give a torchvision densenet121-*.pth or a Paddle "
+                f"DenseNet121_pretrained.pdparams, or '{IMAGENET_DOWNLOAD}' to download Paddle's"
+            )
+        logger.info("%s", load_pretrained_backbone(net, path))
+    return net
+
+
+def build_datasets(config: TrainConfig) -> tuple[Any, Any]:
+    """Training (random crop + flip, seeded) and validation (center crop) datasets."""
+    from paddle_chexnet.data.datasets import ChestXray14Dataset, index_images
+    from paddle_chexnet.data.label_lists import read_label_list
+    from paddle_chexnet.data.transforms import EvalTransform, TrainTransform
+
+    index = index_images(config.image_path)
+    train = ChestXray14Dataset(
+        config.image_path, read_label_list(config.train_list_path),
+        TrainTransform(config.resize, config.crop), skip_missing=config.skip_missing, image_index=index,
+    )
+    val = ChestXray14Dataset(
+        config.image_path, read_label_list(config.val_list_path),
+        EvalTransform("center", config.resize, config.crop), skip_missing=config.skip_missing, image_index=index,
+    )
+    if tuple(train.class_names) != tuple(val.class_names):
+        raise ValueError(
+            f"{config.train_list_path} and {config.val_list_path} have different classes: "
+            f"{train.class_names} vs {val.class_names}"
+        )
+    return SeededAugmentation(train, seed=config.seed), val
+
+
+def _worker_init(worker_id: int) -> None:
+    # augmentation is seeded per image (SeededAugmentation); this only keeps any
+    # other NumPy use in a worker from repeating the parent's stream
+    np.random.seed([int(np.random.get_state()[1][0]), worker_id])
+
+
+def build_loaders(config: TrainConfig, train: Any, val: Any) -> tuple[paddle.io.DataLoader, paddle.io.DataLoader,
+                                                                       SeededBatchSampler]:
+    """Data loaders whose batch samplers split every batch between the processes."""
+    train_sampler = SeededBatchSampler(len(train), config.batch_size, shuffle=True, seed=config.seed)
+    if config.max_steps_per_epoch is not None:
+        train_sampler = _Truncated(train_sampler, config.max_steps_per_epoch)
+    val_sampler = SeededBatchSampler(len(val), config.batch_size, shuffle=False, seed=config.seed)
+    kwargs = {"num_workers": config.num_workers, "return_list": True}
+    if config.num_workers > 0:
+        kwargs["worker_init_fn"] = _worker_init
+    train_loader = paddle.io.DataLoader(train, batch_sampler=train_sampler, **kwargs)
+    val_loader = paddle.io.DataLoader(val, batch_sampler=val_sampler, **kwargs)
+    return train_loader, val_loader, train_sampler
+
+
+class _Truncated(paddle.io.BatchSampler):
+    """The first ``max_batches`` batches of a sampler (``--max-steps-per-epoch``)."""
+
+    def __init__(self, sampler: SeededBatchSampler, max_batches: int) -> None:
+        self.sampler, self.max_batches = sampler, int(max_batches)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        for i, batch in enumerate(self.sampler):
+            if i >= self.max_batches:
+                return
+            yield batch
+
+    def __len__(self) -> int:
+        return min(len(self.sampler), self.max_batches)
+
+
+def build_model(net: DenseNet, config: TrainConfig, num_classes: int) -> paddle.Model:
+    """``paddle.Model(net)``; with ``config.to_static`` the network's forward is compiled to a static graph.
+
+    A compiled forward hides its Python signature, so the model then gets explicit input specs.
+    """
+    if not config.to_static:
+        return paddle.Model(net)
+    inputs = [paddle.static.InputSpec([None, 3, config.crop, config.crop], "float32", "image")]
+    labels = [paddle.static.InputSpec([None, num_classes], "float32", "labels")]
+    return paddle.Model(paddle.jit.to_static(net, full_graph=True), inputs, labels)
+
+
+def build_callbacks(
+    config: TrainConfig,
+    state: RunState,
+    seeded: Sequence[Any],
+    auroc: ValidationOnly,
+    mean_loss: ValidationOnly,
+    class_names: Sequence[str],
+    early_stopping: ResumableEarlyStopping | None,
+    meta: Any,
+) -> list[paddle.callbacks.Callback]:
+    """The callbacks, in the order their ``on_eval_end`` must run (see :mod:`paddle_chexnet.engine.callbacks`)."""
+    callbacks: list[paddle.callbacks.Callback] = [
+        EpochSetup(state, seeded, [auroc, mean_loss]),
+        NonFiniteLossGuard(state, config.checkpoint_dir),
+    ]
+    if config.progress:
+        callbacks.append(ProgressBar(state, config.epochs))
+    callbacks.append(LRStepper(monitor="mean_loss"))
+    if early_stopping is not None:
+        callbacks.append(early_stopping)
+    callbacks += [
+        EpochSummary(state, auroc, class_names),
+        CheckpointSaver(state, config.checkpoint_dir, meta),
+        CSVLogger(state, config.run_log_dir / "history.csv", history_columns(class_names)),
+    ]
+    try:
+        import visualdl  # noqa: F401
+    except ImportError:
+        logger.debug("visualdl is not installed; epoch scalars go to the CSV only")
+    else:
+        callbacks.append(VisualDLLogger(state, config.run_log_dir / "visualdl"))
+    return callbacks
+
+
+def run_training(config: TrainConfig) -> TrainResult:
+    """Train (or resume training) CheXNet as ``config`` says.
+
+    Args:
+        config (TrainConfig): the run's settings.
+
+    Returns:
+        TrainResult: best metric and epoch, checkpoint paths, per-epoch history, the network.
+
+    Raises:
+        NonFiniteLossError: the training loss became NaN or infinite (the message gives
+            the step; the last good checkpoint is kept).
+        CheckpointError: ``resume`` was asked but no consistent checkpoint exists.
+        FileNotFoundError, LabelListError, MissingImagesError: bad data paths or files.
+
+    Examples:
+        >>> cfg = TrainConfig(data_dir="demo/data", arch="tiny", epochs=2, resize=64, crop=56)  # doctest: +SKIP
+        >>> result = run_training(cfg)  # doctest: +SKIP
+        >>> result.best_checkpoint  # doctest: +SKIP
+        PosixPath('outputs/chexnet/best.pdparams')
+    """
+    device = select_device(config.device, config.cpu_threads)
+    if config.amp and not device.startswith("gpu"):
+        raise ValueError("--amp needs a GPU (mixed precision on the CPU is slower, not faster); drop --amp")
+    seed_everything(config.seed)
+
+    train_set, val_set = build_datasets(config)
+    class_names = tuple(train_set.class_names)
+    net = build_network(config, len(class_names), class_names)
+
+    lr = config.lr * (world_size() if config.scale_lr else 1)
+    scheduler = build_scheduler(config.schedule, lr, plateau_patience=config.plateau_patience,
+                                milestones=config.milestones)
+    optimizer = build_optimizer(config.optimizer, net.parameters(), scheduler,
+                                weight_decay=config.weight_decay, momentum=config.momentum)
+    loss_fn = make_loss(config.class_weighting, train_set.labels, class_names)
+
+    state = RunState()
+    early_stopping = (ResumableEarlyStopping(config.early_stopping_patience)
+                      if config.early_stopping_patience > 0 else None)
+    if config.resume:
+        _resume(config, net, optimizer, state, early_stopping)
+    elif is_main_process() and checkpoint_paths(config.checkpoint_dir, "last")["meta"].is_file():
+        logger.warning("%s already holds a checkpoint; it will be overwritten (use --resume to continue it)",
+                       config.checkpoint_dir)
+
+    from paddle_chexnet.evaluation.metrics import AUROC
+
+    # paddle.Model gathers every process's validation outputs before the metrics see them
+    auroc = ValidationOnly(AUROC(class_names=class_names, gather=False))
+    mean_loss = ValidationOnly(MeanLoss(loss_fn))
+    model = build_model(net, config, len(class_names))
+    model.prepare(optimizer=optimizer, loss=loss_fn, metrics=[auroc, mean_loss],
+                  amp_configs="O1" if config.amp else None)
+
+    train_loader, val_loader, train_sampler = build_loaders(config, train_set, val_set)
+
+    def meta() -> dict[str, Any]:
+        return {
+            "config": config.to_dict(),
+            "class_names": list(class_names),
+            "world_size": world_size(),
+            "run_state": state.state_dict(),
+            "early_stopping": early_stopping.state_dict() if early_stopping is not None else None,
+        }
+
+    callbacks = build_callbacks(config, state, [train_sampler, train_set], auroc, mean_loss, class_names,
+                                early_stopping, meta)
+    if is_main_process():
+        atomic_write_text(config.run_log_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+        logger.info("training %s on %d images (validation %d), %d process(es), batch %d per process, lr %.3g",
+                    config.arch, len(train_set), len(val_set), world_size(), config.batch_size, lr)
+        if device == "cpu" and world_size() == 1 and usable_cores() > 1 and cpu_kernels() is None:
+            # Paddle's own CPU kernels for BatchNorm, ReLU, concat, pooling run on one core
+            logger.info("without the package's C++ CPU kernels one process per core is faster (BENCHMARKS.md): "
+                        "python -m paddle.distributed.launch --nproc_per_node %d train.py ... (batch size is then "
+                        "per process)", usable_cores())
+
+    remaining = config.epochs - state.epoch_offset
+    if remaining > 0:
+        model.fit(train_loader, val_loader, epochs=remaining, eval_freq=1, verbose=0, callbacks=callbacks)
+    else:
+        logger.info("nothing to do: the checkpoint already finished %d of %d epochs", state.epoch_offset,
+                    config.epochs)
+    net.eval()
+    return _result(config, state, net, early_stopping)
+
+
+def _resume(config: TrainConfig, net: DenseNet, optimizer: paddle.optimizer.Optimizer, state: RunState,
+            early_stopping: ResumableEarlyStopping | None) -> None:
+    name = find_resumable(config.checkpoint_dir)
+    if name is None:
+        raise CheckpointError(
+            f"--resume: no checkpoint in {config.checkpoint_dir} (expected last.json); check --output-dir "
+            "and --run-name, or start without --resume"
+        )
+    meta = load_checkpoint(config.checkpoint_dir, name, net, optimizer)
+    saved_ws = int(meta.get("world_size", 1))
+    if saved_ws != world_size():
+        logger.warning("the checkpoint was written by %d process(es), this run has %d: the data order differs "
+                       "from an uninterrupted run", saved_ws, world_size())
+    state.load_state_dict(meta["run_state"])
+    state.epoch_offset = int(meta["epoch"]) + 1
+    state.last_saved_epoch = int(meta["epoch"])
+    if early_stopping is not None and meta.get("early_stopping"):
+        early_stopping.load_state_dict(meta["early_stopping"])
+    state.history = state.history[: state.epoch_offset]
+    if is_main_process():
+        logger.info("resuming from %s (epoch %d finished, best mean AUROC %.4f at epoch %d)",
+                    checkpoint_paths(config.checkpoint_dir, name)["params"], state.epoch_offset,
+                    state.best_metric, state.best_epoch + 1)
+
+
+def _result(config: TrainConfig, state: RunState, net: DenseNet,
+            early_stopping: ResumableEarlyStopping | None) -> TrainResult:
+    best = checkpoint_paths(config.checkpoint_dir, "best")["params"]
+    last = checkpoint_paths(config.checkpoint_dir, "last")["params"]
+    return TrainResult(
+        best_metric=state.best_metric if math.isfinite(state.best_metric) else math.nan,
+        best_epoch=state.best_epoch + 1,
+        best_checkpoint=best if best.is_file() else None,
+        last_checkpoint=last if last.is_file() else None,
+        history=list(state.history),
+        stopped_early=bool(early_stopping is not None and early_stopping.stopped),
+        network=net,
+        checkpoint_dir=config.checkpoint_dir,
+        log_dir=config.run_log_dir,
+    )

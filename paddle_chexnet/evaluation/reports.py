@@ -1,0 +1,144 @@
+"""Evaluation outputs: the printed table, ``aucs.csv``, ``preds.csv``, ``metrics.json``, ROC plots."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from paddle_chexnet.utils.io import atomic_path, atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalResult:
+    """What an evaluation produced.
+
+    Attributes:
+        names (list[str]): image names, in evaluation order.
+        class_names (tuple[str, ...]): the output columns.
+        probs (numpy.ndarray): float32 ``[N, C]`` probabilities (averaged over crops).
+        labels (numpy.ndarray): float32 ``[N, C]``.
+        per_class (dict[str, float]): AUROC per class (NaN where a class has one label value).
+        mean (float): mean AUROC over the defined classes.
+        n_used (int): how many classes the mean covers.
+        skipped (list[str]): listed images skipped as missing.
+        crops (str): ``'ten'`` or ``'center'``.
+        backend (str): the predictor's backend.
+        seconds (float): wall time of loading + inference.
+        files (dict[str, Path]): written outputs by kind.
+    """
+
+    names: list[str]
+    class_names: tuple[str, ...]
+    probs: np.ndarray
+    labels: np.ndarray
+    per_class: dict[str, float]
+    mean: float
+    n_used: int
+    skipped: list[str] = field(default_factory=list)
+    crops: str = "ten"
+    backend: str = ""
+    seconds: float = 0.0
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def images_per_second(self) -> float:
+        return len(self.names) / self.seconds if self.seconds > 0 else float("nan")
+
+    def table(self) -> str:
+        """The per-class AUROC table and the mean, as printed by ``eval.py``."""
+        return format_table(self.per_class, self.mean, self.n_used)
+
+
+def format_table(per_class: dict[str, float], mean: float, n_used: int) -> str:
+    """CheXNet reference style: the average first, then one line per finding."""
+    width = max(len(name) for name in per_class)
+    lines = [f"The average AUROC is {mean:.3f} (over {n_used} of {len(per_class)} classes)"]
+    lines += [f"{'Finding':<{width}}  AUROC", f"{'-' * width}  ------"]
+    for name, auc in per_class.items():
+        lines.append(f"{name:<{width}}  {'   n/a' if math.isnan(auc) else f'{auc:.4f}'}")
+    lines.append(f"{'-' * width}  ------")
+    lines.append(f"{'Mean':<{width}}  {mean:.4f}")
+    return "\n".join(lines)
+
+
+def _csv_text(rows: Sequence[Sequence[object]]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue()
+
+
+def write_outputs(result: EvalResult, output_dir: str | Path, plot: bool = True) -> dict[str, Path]:
+    """Write ``aucs.csv``, ``preds.csv``, ``metrics.json``, ``roc_curves.png`` (and ``skipped.txt``)."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"aucs": out / "aucs.csv", "preds": out / "preds.csv", "metrics": out / "metrics.json"}
+    auc_rows = [["label", "auc"]] + [[name, f"{auc:.6f}" if not math.isnan(auc) else "nan"]
+                                     for name, auc in result.per_class.items()]
+    atomic_write_text(files["aucs"], _csv_text(auc_rows))
+    pred_rows = [["Image Index", *result.class_names]]
+    pred_rows += [[name, *(f"{p:.8g}" for p in row)] for name, row in zip(result.names, result.probs)]
+    atomic_write_text(files["preds"], _csv_text(pred_rows))
+    summary = {
+        "mean_auroc": None if math.isnan(result.mean) else result.mean,
+        "classes_in_mean": result.n_used,
+        "per_class": {k: (None if math.isnan(v) else v) for k, v in result.per_class.items()},
+        "images": len(result.names),
+        "skipped": len(result.skipped),
+        "crops": result.crops,
+        "backend": result.backend,
+        "seconds": round(result.seconds, 3),
+        "images_per_second": round(result.images_per_second, 4),
+    }
+    atomic_write_text(files["metrics"], json.dumps(summary, indent=2) + "\n")
+    if result.skipped:
+        files["skipped"] = out / "skipped.txt"
+        atomic_write_text(files["skipped"], "\n".join(result.skipped) + "\n")
+    if plot:
+        files["roc"] = out / "roc_curves.png"
+        plot_roc_curves(result, files["roc"])
+    return files
+
+
+def plot_roc_curves(result: EvalResult, path: str | Path) -> None:
+    """One ROC panel per class (AUROC in the title), saved as a PNG atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    n = len(result.class_names)
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.2 * rows), squeeze=False)
+    for c, name in enumerate(result.class_names):
+        ax = axes[c // cols][c % cols]
+        auc = result.per_class[name]
+        ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
+        if not math.isnan(auc):
+            fpr, tpr, _ = roc_curve(result.labels[:, c], result.probs[:, c])
+            ax.plot(fpr, tpr, lw=1.5)
+        ax.set_title(f"{name}\nAUROC {auc:.3f}" if not math.isnan(auc) else f"{name}\nAUROC n/a", fontsize=9)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.tick_params(labelsize=7)
+        if c % cols == 0:
+            ax.set_ylabel("true positive rate", fontsize=8)
+        if c // cols == rows - 1:
+            ax.set_xlabel("false positive rate", fontsize=8)
+    for c in range(n, rows * cols):
+        axes[c // cols][c % cols].axis("off")
+    fig.suptitle(f"ROC, {result.crops}-crop, {len(result.names)} images, mean AUROC {result.mean:.3f}")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)

@@ -1,0 +1,130 @@
+"""Exporting a network for Paddle Inference, and the cache of exports keyed by the weights' content."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import paddle
+
+from paddle_chexnet.models.densenet import WithSigmoid
+from paddle_chexnet.models.loading import MISSING_WEIGHTS_HELP, network_from_weights
+
+logger = logging.getLogger(__name__)
+
+
+# Bump when the exported graph changes (e.g. what WithSigmoid computes) so old caches are not reused.
+EXPORT_FORMAT = 1
+
+
+MODEL_PREFIX = "model"
+
+
+ENV_CACHE_DIR = "PADDLE_CHEXNET_CACHE"
+
+
+def export_model(net: paddle.nn.Layer, prefix: str | Path, crop: int = 224) -> Path:
+    """``paddle.jit.save`` ``WithSigmoid(net)`` with input ``[None, 3, crop, crop]`` to ``prefix``.
+
+    Returns:
+        Path: the model file (``prefix.json`` in Paddle 3's format, ``prefix.pdmodel`` in older ones).
+    """
+    net.eval()
+    wrapped = WithSigmoid(net)
+    wrapped.eval()
+    spec = paddle.static.InputSpec([None, 3, crop, crop], "float32", "image")
+    paddle.jit.save(wrapped, str(prefix), input_spec=[spec])
+    return model_file(prefix)
+
+
+def model_file(prefix: str | Path) -> Path:
+    """The graph file of an export at ``prefix`` (``.json`` or ``.pdmodel``); ``FileNotFoundError`` if neither."""
+    for suffix in (".json", ".pdmodel"):
+        candidate = Path(f"{prefix}{suffix}")
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"no exported model at {prefix}.json or {prefix}.pdmodel")
+
+
+def file_digest(path: str | Path, length: int = 16) -> str:
+    """The first ``length`` hex digits of the SHA-256 of the file's content."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:length]
+
+
+def default_cache_dir() -> Path:
+    """``$PADDLE_CHEXNET_CACHE``, else ``$XDG_CACHE_HOME/paddle_chexnet``, else ``~/.cache/paddle_chexnet``."""
+    if os.environ.get(ENV_CACHE_DIR):
+        return Path(os.environ[ENV_CACHE_DIR])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "paddle_chexnet"
+
+
+def export_key(weights: str | Path, crop: int) -> str:
+    """Cache folder name for an export of ``weights`` at ``crop``: content hash, Paddle version, crop size."""
+    return f"{Path(weights).stem}-{file_digest(weights)}-paddle{paddle.__version__}-crop{crop}-f{EXPORT_FORMAT}"
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK)
+
+
+def cached_export(
+    weights: str | Path,
+    crop: int = 224,
+    cache_dir: str | Path | None = None,
+    num_classes: int | None = None,
+) -> Path:
+    """The exported model of ``weights`` (exporting it on first use); returns the prefix to load.
+
+    The export is written to a temporary folder and renamed into place, so an
+    interrupted export never leaves a broken cache entry.
+
+    Args:
+        weights (str | Path): a CheXNet ``.pdparams``.
+        crop (int, optional): input size. Default: 224.
+        cache_dir (str | Path, optional): where exports live; ``None`` uses
+            :func:`default_cache_dir`, or a ``.paddle_chexnet_cache`` folder next to the
+            weights when that is not writable. Default: None.
+        num_classes (int, optional): outputs of the network; ``None`` reads it from the
+            classifier in the weights. Default: None.
+    """
+    weights = Path(weights)
+    if not weights.is_file():
+        raise FileNotFoundError(f"weights not found: {weights}. {MISSING_WEIGHTS_HELP}")
+    if cache_dir is None:
+        cache_dir = default_cache_dir()
+        if not _writable(cache_dir):
+            cache_dir = weights.parent / ".paddle_chexnet_cache"
+    cache_dir = Path(cache_dir)
+    final = cache_dir / export_key(weights, crop)
+    try:
+        model_file(final / MODEL_PREFIX)
+        return final / MODEL_PREFIX
+    except FileNotFoundError:
+        pass
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    net = network_from_weights(weights, num_classes)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=cache_dir))
+    try:
+        logger.info("exporting %s for Paddle Inference to %s (once per weights file)", weights, final)
+        export_model(net, staging / MODEL_PREFIX, crop)
+        staging.chmod(0o755)  # mkdtemp makes it private; the cache may be shared
+        try:
+            os.replace(staging, final)
+        except OSError:  # another process exported the same weights first: use theirs
+            model_file(final / MODEL_PREFIX)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return final / MODEL_PREFIX
