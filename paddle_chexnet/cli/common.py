@@ -1,0 +1,94 @@
+"""What every command shares: logging, the one-line error at the end of a user mistake, its exit code.
+
+Each command is a module of this package with ``get_args_parser()`` (the
+parser), ``main(args) -> int`` (the work, returning an exit code) and
+``entry(argv=None) -> int``, which joins them through :func:`run_command`. The
+scripts (``train.py``, ``eval.py``, ``tools/*.py``) and the console scripts of
+``pyproject.toml`` only call ``entry``.
+
+Exit codes: 0 done; 1 a user error (a path, a flag, a setting: the message says
+which and what to do); 2 a file that cannot be used (a corrupt or foreign
+checkpoint, a diverged training run); 130 interrupted with Ctrl-C.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+logger = logging.getLogger("paddle_chexnet")
+
+EXIT_OK, EXIT_USER_ERROR, EXIT_UNUSABLE_FILE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UnusableFileError(ValueError):
+    """A file that exists but cannot be used (corrupt, foreign, non-finite weights): exit code 2."""
+
+
+class UserError(ValueError):
+    """A mistake in the command line or the settings that the message explains: exit code 1."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults, except ``None`` (the help then says what happens) and ``False`` of switches."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def setup_logging(verbose: bool = False, main_process: bool = True) -> None:
+    """One format for every command; other ranks of a distributed run log warnings only."""
+    level = logging.DEBUG if verbose else (logging.INFO if main_process else logging.WARNING)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
+                        force=True)
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """Exceptions that end a command with their message and exit code 1 (no traceback)."""
+    return (UserError, ValueError, ImportError, OSError)
+
+
+def _message(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def run_command(
+    get_args_parser: Callable[[], argparse.ArgumentParser],
+    main: Callable[[argparse.Namespace], int | None],
+    argv: Sequence[str] | None = None,
+    unusable: tuple[type[BaseException], ...] = (),
+) -> int:
+    """Parse ``argv``, run ``main`` and turn user errors into one line and an exit code.
+
+    Args:
+        get_args_parser (Callable): returns the command's parser.
+        main (Callable): the work; returns an exit code (``None`` counts as 0).
+        argv (Sequence[str], optional): the arguments; ``None`` reads ``sys.argv``. Default: None.
+        unusable (tuple[type, ...], optional): further exception types that mean "this file cannot be
+            used" (exit code 2), besides :class:`UnusableFileError`. Default: ().
+    """
+    args = get_args_parser().parse_args(argv)
+    if not logging.getLogger().handlers:
+        setup_logging(getattr(args, "verbose", False))
+    try:
+        code = main(args)
+    except KeyboardInterrupt:
+        logger.error("interrupted")
+        return EXIT_INTERRUPTED
+    except (UnusableFileError, *unusable) as exc:
+        logger.debug("traceback", exc_info=True)  # --verbose shows where it came from
+        logger.error("error: %s", _message(exc))
+        return EXIT_UNUSABLE_FILE
+    except user_error_types() as exc:
+        logger.debug("traceback", exc_info=True)
+        logger.error("error: %s", _message(exc))
+        return EXIT_USER_ERROR
+    return EXIT_OK if code is None else int(code)
+
+
+def exit_with(entry: Callable[[Sequence[str] | None], int]) -> None:
+    """``sys.exit(entry())``: what a script's ``if __name__ == "__main__":`` does."""
+    sys.exit(entry(None))
