@@ -1,19 +1,45 @@
 """paddle-chexnet: CheXNet (Rajpurkar et al. 2017) in PaddlePaddle.
 
-Importing the package sets no device, reads no file and downloads nothing. Its
-one side effect is on AMD processors: it sets ``MKL_DEBUG_CPU_TYPE`` (``7`` where
-the processor has AVX-512, ``5`` where it has AVX2) unless the user set it, so
-that the MKL bundled with Paddle runs its fast code (a 3.4x faster training
-step here than with MKL's default path, BENCHMARKS.md) in this process and the processes it starts,
-whichever of them makes the first matrix product (see
-:mod:`paddle_chexnet.cpu_runtime`).
+Importing the package does nothing else: it sets no environment variable,
+reads no file, imports Paddle only when a name that needs it is used, and
+prints nothing. The CPU settings that make training fast (math threads, MKL's
+code path, the heap) are applied by the commands, for CPU work only
+(:mod:`paddle_chexnet.cpu.runtime`).
+
+Subpackages: ``data`` (labels, label lists, images, datasets, transforms),
+``models`` (networks, registry, loader), ``engine`` (training), ``evaluation``,
+``inference``, ``localization`` (heatmaps and boxes), ``conversion`` (PyTorch
+checkpoints), ``cpu`` (CPU runtime and kernels), ``cli`` (the commands).
 """
-from paddle_chexnet.cpu.runtime import use_fast_mkl_on_amd
+from __future__ import annotations
 
-use_fast_mkl_on_amd()
+import importlib
+import warnings
 
-from paddle_chexnet.data.labels import CLASS_NAMES, NUM_CLASSES  # noqa: E402
-from paddle_chexnet.models.densenet import DenseNet, WithSigmoid, chexnet, densenet121  # noqa: E402
+__version__ = "0.2.0"
 
-__all__ = ["CLASS_NAMES", "NUM_CLASSES", "DenseNet", "WithSigmoid", "chexnet", "densenet121"]
-__version__ = "0.1.0"
+# Paddle warns at its own import that ccache is missing, which only matters to people compiling
+# Paddle extensions: the package's own kernel build says what it needs when it needs it.
+warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
+
+_EXPORTS = {
+    "CLASS_NAMES": "paddle_chexnet.data.labels",
+    "NUM_CLASSES": "paddle_chexnet.data.labels",
+    "DenseNet": "paddle_chexnet.models.densenet",
+    "chexnet": "paddle_chexnet.models.densenet",
+    "densenet121": "paddle_chexnet.models.densenet",
+    "WithSigmoid": "paddle_chexnet.models.base",
+    "build_network": "paddle_chexnet.models.registry",
+    "load_network": "paddle_chexnet.models.loading",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'paddle_chexnet' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_EXPORTS))

@@ -15,6 +15,12 @@ META_DIR = SHARED_DATA / "chestxray14-meta"
 # Two threads, like the machines this runs on; keeps timing-sensitive tests stable.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
+# The test session is an entry point: like the commands, it picks MKL's code path before the first
+# matrix product, so that every process of the session (and each child it starts) rounds alike.
+from paddle_chexnet.cpu.runtime import use_fast_mkl_on_amd  # noqa: E402
+
+use_fast_mkl_on_amd()
+
 
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:

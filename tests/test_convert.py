@@ -19,12 +19,12 @@ from paddle_chexnet import DenseNet, chexnet
 from paddle_chexnet.conversion.layouts import (
     convert_state_dict,
     detect_format,
-    load_pretrained_backbone,
     paddle_vision_to_chexnet,
     rename_legacy_key,
     strip_wrapper_prefixes,
     torch_to_paddle,
 )
+from paddle_chexnet.conversion.pretrained import load_pretrained_backbone
 from paddle_chexnet.conversion.readers import CheckpointReadError, read_checkpoint
 from paddle_chexnet.models.state_dict import StateDictMismatchError
 

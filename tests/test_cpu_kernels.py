@@ -33,6 +33,12 @@ from paddle_chexnet.models.densenet import DenseNet
 needs_kernels = pytest.mark.skipif(shutil.which("g++") is None, reason="needs a C++ compiler (g++)")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _built_kernels():
+    """Build the kernels once, as the trainer does before training (they are never built inside a forward)."""
+    kernels_module.prepare_kernels()
+
+
 def _relative(a, b) -> float:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))

@@ -26,7 +26,7 @@ from paddle_chexnet.localization.boxes import (
     read_bbox_csv,
 )
 from paddle_chexnet.localization.protocol import localize_known_findings
-from paddle_chexnet.models.densenet_spec import load_model
+from paddle_chexnet.models.loading import load_network
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +54,7 @@ def trained(tmp_path_factory):
 
 def test_boxes_find_the_drawn_lesions(trained):
     dataset, config, result = trained
-    net = load_model(result.best_checkpoint)
+    net = load_network(result.best_checkpoint)
     test_records = [r for r in dataset.records if r.split == "test" and r.boxes]
     truths = {r.name: [Box(b.x, b.y, b.w, b.h, finding=b.finding) for b in r.boxes] for r in test_records}
     # the same boxes as the data set's NIH-format file
@@ -80,7 +80,7 @@ def test_boxes_find_the_drawn_lesions(trained):
 def test_boxes_beat_a_lesion_box_of_another_image(trained):
     """A control: the heatmap must tell WHERE, not only that the image is a chest with lesions."""
     dataset, config, result = trained
-    net = load_model(result.best_checkpoint)
+    net = load_network(result.best_checkpoint)
     records = [r for r in dataset.records if r.split == "test" and r.boxes]
     truths = {r.name: [Box(b.x, b.y, b.w, b.h, finding=b.finding) for b in r.boxes] for r in records}
     paths = {r.name: dataset.root / "images" / r.name for r in records}

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
+import importlib
 import json
 from pathlib import Path
 
@@ -14,25 +14,23 @@ from PIL import Image
 from paddle_chexnet import CLASS_NAMES, DenseNet, densenet121
 from paddle_chexnet.localization.boxes import Box, read_localization_txt
 from paddle_chexnet.localization.cam import class_activation_maps
+from paddle_chexnet.data.images import list_images
 from paddle_chexnet.localization.predict import (
     format_prediction_table,
     iter_heatmaps,
-    list_images,
     prepare_input,
     read_thresholds,
 )
 from paddle_chexnet.localization.protocol import localize_known_findings
-from paddle_chexnet.models.densenet_spec import infer_densenet_config, load_model
+from paddle_chexnet.models.densenet import TINY
+from paddle_chexnet.models.loading import infer_densenet_options, load_network
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {"growth_rate": 4, "block_config": (1, 2), "num_init_features": 8, "bn_size": 2}
 
 
 def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The command behind ``tools/<name>.py``."""
+    return importlib.import_module(f"paddle_chexnet.cli.{name}")
 
 
 @pytest.fixture(scope="module")
@@ -67,15 +65,13 @@ def test_list_images_finds_png_jpeg_and_suffixless_dicom(image_folder):
         list_images(image_folder / "missing")
 
 
-def test_infer_config_and_load_model(tiny_weights):
-    assert infer_densenet_config(paddle.load(str(tiny_weights))) == {**TINY, "num_classes": 14}
-    full = infer_densenet_config(densenet121(num_classes=14).state_dict())
-    assert full == {"growth_rate": 32, "block_config": (6, 12, 24, 16), "num_init_features": 64, "bn_size": 4,
-                    "num_classes": 14}
-    net = load_model(tiny_weights)
-    assert not net.training and net.class_names == CLASS_NAMES
-    with pytest.raises(KeyError, match="features.conv0.weight"):
-        infer_densenet_config({"fc.weight": np.zeros((2, 2))})
+def test_infer_config_and_load_weights_without_a_sidecar(tiny_weights):
+    assert infer_densenet_options(paddle.load(str(tiny_weights))) == TINY
+    full = infer_densenet_options(densenet121(num_classes=14).state_dict())
+    assert full == {"growth_rate": 32, "block_config": (6, 12, 24, 16), "num_init_features": 64, "bn_size": 4}
+    net = load_network(tiny_weights)
+    assert not net.training and net.class_names == CLASS_NAMES and net.spec.arch == "tiny"
+    assert infer_densenet_options({"fc.weight": np.zeros((2, 2))}) is None
 
 
 def test_read_thresholds(tmp_path):
@@ -105,7 +101,7 @@ def test_predict_end_to_end_on_generated_images(tiny_weights, image_folder, tmp_
         str(image_folder), "--weights", str(tiny_weights), "--output_dir", str(out), "--cam", "gradcampp",
         "--threshold", str(tmp_path / "thr.json"), "--batch-size", "2", "--quiet",
     ])
-    result = predict.main(args)
+    result = predict.run(args)
     with open(out / "predictions.csv", newline="") as handle:
         rows = list(csv.reader(handle))
     assert rows[0] == ["image", *CLASS_NAMES]
@@ -145,7 +141,7 @@ def test_predicted_probabilities_are_those_of_the_shown_input(tiny_weights, imag
     with open(out / "predictions.csv", newline="") as handle:
         row = list(csv.reader(handle))[1]
     assert row[0] == "a.png" and not (out / "heatmaps").exists()
-    net = load_model(tiny_weights)
+    net = load_network(tiny_weights)
     chw, geometry = prepare_input(Image.open(image_folder / "a.png"), resize=64)
     assert chw.shape == (3, 64, 80) and (geometry.width, geometry.height) == (200, 160)
     expected = class_activation_maps(net, chw[None]).probabilities[0]
@@ -171,9 +167,9 @@ def test_localize_eval_end_to_end(tiny_weights, tmp_path):
     tool = load_tool("localize_eval")
     base = ["--weights", str(tiny_weights), "--bbox-csv", str(bbox), "--data-dir", str(tmp_path / "images")]
     with pytest.raises(FileNotFoundError, match="missing.png"):
-        tool.main(tool.get_args_parser().parse_args(base))
+        tool.run(tool.get_args_parser().parse_args(base))
     out = tmp_path / "eval"
-    report = tool.main(tool.get_args_parser().parse_args(
+    report = tool.run(tool.get_args_parser().parse_args(
         base + ["--skip-missing", "--output-dir", str(out), "--iou-thresholds", "0.1,0.5"]))
     assert list(report.rows) == ["Infiltration", "Mass", "Mean"]
     assert report.rows["Infiltration"]["n"] == 1 and report.rows["Mean"]["n"] == 2
@@ -183,7 +179,7 @@ def test_localize_eval_end_to_end(tiny_weights, tmp_path):
     detected = read_localization_txt(out / "bounding_box.txt")
     assert set(detected) == {"p1.png", "p2.png"}
     (tmp_path / "test_list.txt").write_text("p2.png " + " ".join(["0"] * 14) + "\n")
-    only = tool.main(tool.get_args_parser().parse_args(base + ["--image-list", str(tmp_path / "test_list.txt")]))
+    only = tool.run(tool.get_args_parser().parse_args(base + ["--image-list", str(tmp_path / "test_list.txt")]))
     assert list(only.rows) == ["Mass", "Mean"] and only.rows["Mass"]["n"] == 1
     assert {b.finding for b in detected["p1.png"]} == {"Infiltration"}  # the boxed finding only
     assert {b.finding for b in detected["p2.png"]} == {"Mass"}
@@ -204,7 +200,7 @@ def test_known_findings_map_only_the_boxed_classes(tiny_weights, tmp_path, monke
         Image.fromarray(rng.integers(0, 256, (96, 96), dtype=np.uint8), "L").save(paths[name])
     truths = {"a.png": [Box(10, 10, 30, 30, finding="Mass")], "b.png": [Box(5, 5, 20, 20, finding="Nodule")],
               "c.png": [Box(40, 40, 20, 20, finding="Mass"), Box(0, 0, 50, 50, finding="Atelectasis")]}
-    net = load_model(tiny_weights)
+    net = load_network(tiny_weights)
     kwargs = {"method": "gradcam", "resize": 64, "batch_size": 2, "max_boxes": 2}
     detected = localize_known_findings(net, truths, paths, **kwargs)
     boxed = sorted(CLASS_NAMES.index(f) for f in ("Mass", "Nodule", "Atelectasis"))
@@ -234,7 +230,7 @@ def test_predict_on_real_sample_images(sample_dir, tiny_weights, tmp_path):
     predict = load_tool("predict")
     out = tmp_path / "out"
     (tmp_path / "thr.json").write_text(json.dumps({"default": 1.0, "Effusion": 0.0, "Nodule": 0.0}))
-    result = predict.main(predict.get_args_parser().parse_args([
+    result = predict.run(predict.get_args_parser().parse_args([
         str(folder), "--weights", str(tiny_weights), "--output-dir", str(out), "--threshold",
         str(tmp_path / "thr.json"), "--max-boxes", "2", "--quiet",
     ]))
@@ -285,8 +281,8 @@ def test_unreadable_file_stops_the_run_or_is_skipped(tiny_weights, tmp_path):
     from paddle_chexnet.data.images import ImageReadError
 
     with pytest.raises(ImageReadError, match="broken.png"):
-        predict.main(predict.get_args_parser().parse_args(base + ["--output-dir", str(tmp_path / "a")]))
-    result = predict.main(predict.get_args_parser().parse_args(
+        predict.run(predict.get_args_parser().parse_args(base + ["--output-dir", str(tmp_path / "a")]))
+    result = predict.run(predict.get_args_parser().parse_args(
         base + ["--output-dir", str(tmp_path / "b"), "--skip-unreadable"]))
     assert [name for name, _ in result.predictions] == ["good.png"]
     assert result.skipped == [folder / "broken.png"]

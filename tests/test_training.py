@@ -14,9 +14,9 @@ from PIL import Image
 from paddle_chexnet.data.labels import CLASS_NAMES
 from paddle_chexnet.engine.callbacks import NonFiniteLossError, history_columns
 from paddle_chexnet.engine.checkpoint import checkpoint_paths, read_checkpoint_meta
-from paddle_chexnet.engine.config import ARCHITECTURES, TrainConfig
+from paddle_chexnet.engine.config import TrainConfig, config_from_sources
 from paddle_chexnet.engine.trainer import run_training
-from paddle_chexnet.models.densenet import DenseNet
+from paddle_chexnet.models.densenet import TINY, DenseNet
 from paddle_chexnet.models.state_dict import load_weights
 
 
@@ -125,7 +125,7 @@ def test_checkpoints_and_csv_log(data_dir: Path, tmp_path: Path) -> None:
         for path in checkpoint_paths(ckpt, name).values():
             assert path.is_file(), path
     # .pdparams loads strictly into a fresh network of the same architecture
-    net = DenseNet(num_classes=len(CLASS_NAMES), **ARCHITECTURES["tiny"])
+    net = DenseNet(num_classes=len(CLASS_NAMES), **TINY)
     load_weights(net, ckpt / "best.pdparams")
     meta = read_checkpoint_meta(ckpt, "best")
     assert meta["epoch"] + 1 == result.best_epoch
@@ -195,13 +195,13 @@ def test_class_weighted_training_runs_and_is_finite(data_dir: Path, tmp_path: Pa
 def test_offline_imagenet_download_names_the_local_alternative(monkeypatch: pytest.MonkeyPatch) -> None:
     import paddle.utils.download as download
 
-    from paddle_chexnet.conversion.pretrained import download_imagenet_weights
+    from paddle_chexnet.conversion.pretrained import PretrainedDownloadError, download_imagenet_weights
 
     def offline(url, md5sum=None):
         raise OSError("Network is unreachable")
 
     monkeypatch.setattr(download, "get_weights_path_from_url", offline)
-    with pytest.raises(RuntimeError, match="--pretrained PATH") as err:  # PretrainedDownloadError
+    with pytest.raises(PretrainedDownloadError, match="--pretrained PATH") as err:
         download_imagenet_weights()
     assert "Network is unreachable" in str(err.value)
 
@@ -219,48 +219,88 @@ def test_config_rejects_bad_values() -> None:
         run_training(TrainConfig(amp=True, device="cpu"))
 
 
-def test_cli_flags_aliases_and_config_file(tmp_path: Path) -> None:
-    import train
+def _typed(argv: list[str]) -> tuple[dict, str | None]:
+    from paddle_chexnet.cli.train import get_args_parser
 
-    parser = train.get_args_parser()
-    args = parser.parse_args(["--data_dir", "D", "--batch-size", "8", "--class-weighting", "pos_weight",
-                              "--scale-lr", "--no-progress"])
-    config = train.config_from_args(args)
+    args = vars(get_args_parser().parse_args(argv))
+    return {k: v for k, v in args.items() if k not in ("config", "verbose")}, args["config"]
+
+
+def test_cli_flags_aliases_and_config_file(tmp_path: Path) -> None:
+    typed, config_file = _typed(["--data_dir", "D", "--batch-size", "8", "--class-weighting", "pos_weight",
+                                 "--scale-lr", "--no-progress", "--milestones", "3", "5"])
+    assert typed == {"data_dir": "D", "batch_size": 8, "class_weighting": "pos_weight", "scale_lr": True,
+                     "progress": False, "milestones": [3, 5]}  # only what was typed
+    config = config_from_sources(typed, config_file)
     assert (config.data_dir, config.batch_size, config.class_weighting) == ("D", 8, "pos_weight")
     assert config.scale_lr is True and config.progress is False and config.resume is False
+    assert config.milestones == (3, 5)
     assert (config.lr, config.optimizer, config.schedule) == (1e-3, "adam", "plateau")  # the paper's defaults
 
     settings = tmp_path / "run.json"
-    settings.write_text(json.dumps({"epochs": 7, "lr": 0.01, "batch-size": 32}))
-    config = train.config_from_args(parser.parse_args(["--config", str(settings), "--batch-size", "4"]))
-    assert (config.epochs, config.lr, config.batch_size) == (7, 0.01, 4)  # the typed flag wins over the file
+    settings.write_text(json.dumps({"epochs": 7, "lr": 0.01, "batch-size": 32, "scale_lr": True}))
+    config = config_from_sources(*_typed(["--config", str(settings), "--batch-size", "4"]))
+    assert (config.epochs, config.lr, config.batch_size, config.scale_lr) == (7, 0.01, 4, True)
+    # a typed flag wins even when its value is the default
+    config = config_from_sources(*_typed(["--config", str(settings), "--batch-size", "16", "--epochs", "20"]))
+    assert (config.batch_size, config.epochs) == (16, 20)
     settings.write_text("{bad json")
     with pytest.raises(ValueError, match="line 1"):
-        train.config_from_args(parser.parse_args(["--config", str(settings)]))
+        config_from_sources(*_typed(["--config", str(settings)]))
 
 
-def test_cli_main_trains_and_writes_outputs(data_dir: Path, tmp_path: Path) -> None:
-    import train
+@pytest.mark.parametrize("values, message", [
+    ({"epochs": "ten"}, r"'epochs' must be an integer, got 'ten' \(a str\)"),
+    ({"lr": "0.01"}, r"'lr' must be a number, got '0.01'"),
+    ({"epochs": 1.5}, r"'epochs' must be an integer, got 1.5"),
+    ({"batch_size": "8"}, r"'batch_size' must be an integer"),
+    ({"scale_lr": "yes"}, r"'scale_lr' must be true or false"),
+    ({"milestones": [1, "x"]}, r"'milestones\[1\]' must be an integer"),
+    ({"epochs": None}, r"'epochs' must be an integer, got null"),
+    ({"learning_rate": 0.1}, r"unknown setting\(s\) learning_rate"),
+    ({"num_workers": -1}, r"num_workers must be at least 0, got -1"),
+    ({"arch": "resnet9000"}, r"arch must be one of densenet121, tiny"),
+])
+def test_config_file_values_of_the_wrong_type_name_the_key(tmp_path: Path, values, message) -> None:
+    settings = tmp_path / "c.json"
+    settings.write_text(json.dumps(values))
+    with pytest.raises(ValueError, match=message) as err:
+        config_from_sources({}, settings)
+    if "unknown" not in message and "must be at least" not in message and "one of" not in message:
+        assert str(settings) in str(err.value)
 
-    args = train.get_args_parser().parse_args([
+
+def test_cli_help_lists_every_setting_with_its_default() -> None:
+    from paddle_chexnet.cli.train import get_args_parser
+
+    text = get_args_parser().format_help()
+    for option in ("--batch-size", "--class-weighting", "--no-progress", "--cpu-threads", "--pooling"):
+        assert option in text
+    assert "(default: 16)" in text and "{adam,sgd}" in text
+
+
+def test_cli_trains_and_writes_outputs(data_dir: Path, tmp_path: Path) -> None:
+    from paddle_chexnet.cli.train import entry
+
+    assert entry([
         "--data-dir", str(data_dir), "--arch", "tiny", "--resize", "36", "--crop", "32", "--batch-size", "4",
         "--num-workers", "0", "--epochs", "1", "--output-dir", str(tmp_path / "o"), "--log-dir", str(tmp_path / "l"),
         "--device", "cpu", "--no-progress",
-    ])
-    assert train.main(args) == 0
+    ]) == 0
     assert (tmp_path / "o" / "chexnet" / "best.pdparams").is_file()
     assert (tmp_path / "l" / "chexnet" / "history.csv").is_file()
+    meta = json.loads((tmp_path / "o" / "chexnet" / "best.json").read_text())
+    assert meta["model"]["arch"] == "tiny" and meta["model"]["class_names"] == list(CLASS_NAMES)
 
 
 def test_cli_reports_user_errors_without_a_traceback(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    import train
+    from paddle_chexnet.cli.train import entry
 
-    args = train.get_args_parser().parse_args(["--data-dir", str(tmp_path / "nowhere"), "--device", "cpu"])
-    assert train.main(args) == 1
+    assert entry(["--data-dir", str(tmp_path / "nowhere"), "--device", "cpu"]) == 1
     assert "image folder not found" in caplog.text and "nowhere" in caplog.text
-    args = train.get_args_parser().parse_args(["--data-dir", str(tmp_path), "--resume", "--device", "cpu",
-                                               "--output-dir", str(tmp_path / "o"), "--crop", "300"])
-    assert train.main(args) == 1
+    assert "Traceback" not in caplog.text
+    assert entry(["--data-dir", str(tmp_path), "--resume", "--device", "cpu", "--output-dir", str(tmp_path / "o"),
+                  "--crop", "300"]) == 1
     assert "crop (300) must not exceed resize (256)" in caplog.text
 
 
@@ -268,7 +308,7 @@ def test_pretrained_backbone_is_loaded_and_the_classifier_is_not(tmp_path: Path)
     from paddle_chexnet.engine.trainer import build_network
 
     paddle.seed(123)
-    source = DenseNet(num_classes=5, **ARCHITECTURES["tiny"])  # another head size: only features.* are used
+    source = DenseNet(num_classes=5, **TINY)  # another head size: only features.* are used
     paddle.save(source.state_dict(), str(tmp_path / "imagenet.pdparams"))
     config = TrainConfig(arch="tiny", pretrained=str(tmp_path / "imagenet.pdparams"))
     paddle.seed(0)

@@ -17,17 +17,11 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 
+from paddle_chexnet.errors import UnusableFileError, UserError
+
 logger = logging.getLogger("paddle_chexnet")
 
 EXIT_OK, EXIT_USER_ERROR, EXIT_UNUSABLE_FILE, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-class UnusableFileError(ValueError):
-    """A file that exists but cannot be used (corrupt, foreign, non-finite weights): exit code 2."""
-
-
-class UserError(ValueError):
-    """A mistake in the command line or the settings that the message explains: exit code 1."""
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

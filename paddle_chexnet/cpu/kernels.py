@@ -37,11 +37,11 @@ Paddle's kernels; the results are the same to float rounding either way
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import logging
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -49,6 +49,7 @@ from types import ModuleType
 import paddle
 
 from paddle_chexnet.cpu.runtime import cpu_flags
+from paddle_chexnet.utils.paths import cache_root
 
 logger = logging.getLogger(__name__)
 
@@ -96,10 +97,10 @@ def build_key() -> str:
 
 
 def build_directory(environ=os.environ) -> Path:
-    """Where builds are kept: ``$PADDLE_CHEXNET_KERNEL_DIR`` or ``~/.cache/paddle_chexnet/kernels``."""
+    """Where builds are kept: ``$PADDLE_CHEXNET_KERNEL_DIR``, else ``kernels/`` in the package's cache root."""
     if environ.get(DIRECTORY_VARIABLE):
         return Path(environ[DIRECTORY_VARIABLE]).expanduser()
-    return Path.home() / ".cache" / "paddle_chexnet" / "kernels"
+    return cache_root(environ) / "kernels"
 
 
 @contextlib.contextmanager
@@ -194,17 +195,41 @@ def build_or_warn(directory: Path | None = None) -> ModuleType | None:
         return None
 
 
-@functools.lru_cache(maxsize=1)
-def _built_kernels() -> ModuleType | None:
-    return build_or_warn()
+# the build prepare_kernels loaded in this process (None before it ran, or where it failed)
+_prepared: ModuleType | None = None
+_prepare_attempted = False
+
+
+def kernels_available_here() -> bool:
+    """True where the kernels may run: Linux, and not turned off with ``PADDLE_CHEXNET_CPU_KERNELS=0``."""
+    return kernels_enabled() and sys.platform.startswith("linux")
+
+
+def prepare_kernels(directory: Path | None = None) -> ModuleType | None:
+    """Build (or load the cached build of) the kernels once per process, before training; log one line.
+
+    Returns:
+        ModuleType | None: the operators, or ``None`` where they are turned off, off Linux, or the build
+        failed (a warning then says why and that Paddle's own kernels are used).
+    """
+    global _prepared, _prepare_attempted
+    if not kernels_available_here():
+        return None
+    if not _prepare_attempted:
+        _prepare_attempted = True
+        started = time.perf_counter()
+        cached = build_key() in _loaded
+        _prepared = build_or_warn(directory)
+        if _prepared is not None:
+            logger.info("CPU training kernels ready in %.1f s (%s in %s)", time.perf_counter() - started,
+                        "loaded" if cached else "built or loaded from the build cache", build_directory())
+    return _prepared
 
 
 def cpu_kernels() -> ModuleType | None:
-    """The loaded kernels, built on first use; ``None`` where they are turned off or cannot be built.
+    """The kernels :func:`prepare_kernels` loaded, or ``None``; never builds (so never inside a forward pass).
 
     ``PADDLE_CHEXNET_CPU_KERNELS`` is read at every call, so it can be changed
     while a program runs (the tests compare both paths that way).
     """
-    if not kernels_enabled() or not sys.platform.startswith("linux"):
-        return None
-    return _built_kernels()
+    return _prepared if kernels_available_here() else None

@@ -1,55 +1,69 @@
-"""DenseNet's convolution layers with faster CPU paths (same results to float rounding).
+"""Faster CPU-training layers, swapped into a network in place: same parameters, same names, same results.
 
-:class:`Conv3x3` and :class:`ThreadedConv2D` run the package's C++ kernels
-(:mod:`paddle_chexnet.cpu.kernels`) on the CPU in dynamic graphs. Where those
-cannot be built, :class:`Conv3x3` trains by the *fold path* below, the same
-arrangement in Paddle operators:
+The networks of :mod:`paddle_chexnet.models` are pure Paddle. For training on
+a CPU, :func:`use_cpu_training_layers` changes the class of the layers where a
+faster version applies to a subclass whose ``forward`` runs the package's C++
+kernels (:mod:`paddle_chexnet.cpu.kernels`, built first by
+:func:`~paddle_chexnet.cpu.kernels.prepare_kernels`): the object, its
+parameters and its state-dict keys stay exactly as they were, so checkpoints
+never depend on the swap, and :func:`use_plain_layers` undoes it.
 
-Paddle's CPU convolution is im2col + matrix product, per image: the forward
-pass copies the input 9 times over (``C_in x 9`` rows), and the backward pass
-does it again for the weight gradient and scatters a ``C_in x 9`` matrix back
-(col2im) for the input gradient. In a dense layer the 3x3 convolution maps
-128 channels to 32, so all that copying is on the wide side. The same
-arithmetic can be arranged so that only the narrow side (32 channels) is ever
-expanded:
+What is swapped:
 
-* forward:  ``Z = W' x`` (one product, ``9 C_out`` rows), then ``y = fold(Z)``,
-  the 9 shifted copies of ``Z`` summed (col2im on ``C_out`` channels);
-* backward: ``U = unfold(dy)`` (im2col on ``C_out`` channels), then
-  ``dx = W''^T U`` and ``dW = U x^T``, with no expansion of ``x`` at all.
+* every ``nn.Conv2D`` 3x3, stride 1, padding 1, without bias -> :class:`Conv3x3`
+  (the kernel; where it could not be built, the fold path of
+  :mod:`paddle_chexnet.cpu.fold` when a gradient is wanted);
+* bias-free convolutions of kernel 5 or more (stems) -> :class:`ThreadedConv2D`;
+* ``nn.MaxPool2D`` -> :class:`ThreadedMaxPool2D`;
+* DenseNet's dense layers, dense blocks and transitions -> versions that fuse
+  BatchNorm with the ReLU (and the transition's pooling) and concatenate with
+  the kernel; its ``features`` -> :class:`FusingSequential` (the stem's
+  ``norm0`` + ``relu0``).
 
-``W'`` and ``W''`` are the weight flipped in space and laid out to match the
-(channel, row, column) order of fold/unfold. On the machine of BENCHMARKS.md
-the 3x3 convolutions of DenseNet-121's first two blocks (56x56 and 28x28 maps)
-take 0.43 s forward + backward this way against 0.67 s with Paddle's kernel
-(batch 4, one thread, ``benchmarks/bench_conv.py``); at 14x14 and below the
-matrices are small and Paddle's kernel is as fast or faster, so it keeps them.
-The fold path is used only on the CPU, in dynamic graphs, when a gradient is
-wanted; static graphs (``to_static``, exported models) and GPUs keep
-``paddle.nn.functional.conv2d``.
+Every swapped layer falls back to its plain ``forward`` wherever its kernel does
+not apply (a GPU tensor, a static graph, another dtype, kernels off).
 """
 from __future__ import annotations
+
+import logging
+from collections import Counter
 
 import paddle
 import paddle.nn as nn
 
 from paddle_chexnet.cpu import fold
+from paddle_chexnet.cpu.kernels import prepare_kernels
 from paddle_chexnet.cpu.ops import (
+    batch_norm_relu,
+    batch_norm_relu_pool,
+    concat_channels,
     conv3x3_kernel,
     conv_im2col_kernel,
     kernels_apply,
     max_pool_kernel,
 )
+from paddle_chexnet.models.densenet import _DenseBlock, _DenseLayer, _Transition
+
+logger = logging.getLogger(__name__)
+
+
+def _square(value, name: str) -> int:
+    """An int from Paddle's int-or-pair layer arguments, where both entries are equal."""
+    values = [value] * 2 if isinstance(value, int) else list(value)
+    if len(values) != 2 or values[0] != values[1]:
+        raise ValueError(f"{name} must be one int or two equal ints for the CPU kernel, got {value!r}")
+    return int(values[0])
+
+
+def _pair(value) -> list[int]:
+    return [int(value)] * 2 if isinstance(value, int) else [int(v) for v in value]
 
 
 class Conv3x3(nn.Conv2D):
-    """A ``nn.Conv2D(C_in, C_out, 3, padding=1, bias_attr=False)`` with faster CPU paths.
+    """``nn.Conv2D(C_in, C_out, 3, padding=1, bias_attr=False)`` with the multi-threaded CPU kernel.
 
-    On the CPU in a dynamic graph it runs the multi-threaded kernel of
-    :mod:`paddle_chexnet.cpu.kernels` (the same arrangement as the fold path,
-    in C++, each thread on its own images); where that kernel cannot be built,
-    training takes the fold path above on maps of 28x28 and larger. Same
-    parameter (``weight``), same state-dict key, same result to float rounding.
+    Where the kernel cannot be built, training takes the fold path on maps of
+    28x28 and larger. Same parameter (``weight``), same result to float rounding.
     """
 
     def __init__(self, in_channels: int, out_channels: int, weight_attr=None) -> None:
@@ -63,52 +77,148 @@ class Conv3x3(nn.Conv2D):
         return super().forward(x)
 
 
-def _square(value, name: str) -> int:
-    """An int from Paddle's int-or-pair convolution arguments, where both entries are equal."""
-    values = [value] * 2 if isinstance(value, int) else list(value)
-    if len(values) != 2 or values[0] != values[1]:
-        raise ValueError(f"{name} must be one int or two equal ints for the CPU kernel, got {value!r}")
-    return int(values[0])
-
-
 class ThreadedConv2D(nn.Conv2D):
-    """A bias-free ``nn.Conv2D`` (groups 1, dilation 1) that runs the multi-threaded im2col kernel on the CPU.
+    """A bias-free ``nn.Conv2D`` (groups 1, dilation 1) by the multi-threaded im2col kernel on the CPU.
 
-    DenseNet uses it for the stem (7x7, stride 2), where Paddle's one-thread
-    im2col of the 224x224 image took most of the convolution's time. Same
-    parameter, same state-dict key, same arithmetic (im2col + one product per
-    image; results equal Paddle's to float rounding). GPUs, static graphs and
-    other layouts run ``nn.Conv2D``.
+    Used for the stems, where Paddle's one-thread im2col of the whole image
+    took most of the convolution's time. Same arithmetic (im2col + one product
+    per image).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
                  weight_attr=None) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
                          weight_attr=weight_attr, bias_attr=False)
-        self._kernel_stride = _square(stride, "stride")
-        self._kernel_padding = _square(padding, "padding")
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         if self._data_format == "NCHW" and kernels_apply(x, self.weight):
-            return conv_im2col_kernel(x, self.weight, self._kernel_stride, self._kernel_padding)
+            return conv_im2col_kernel(x, self.weight, _square(self._stride, "stride"),
+                                      _square(self._updated_padding, "padding"))
         return super().forward(x)
 
 
 class ThreadedMaxPool2D(nn.MaxPool2D):
-    """``nn.MaxPool2D(kernel_size, stride, padding)`` that runs the multi-threaded kernel on the CPU.
-
-    Paddle's CPU max pooling runs on one thread; on DenseNet's stem
-    ([8, 64, 112, 112] at batch 8) forward + backward took 20 ms against 5 ms
-    here (``benchmarks/bench_kernels.py``). The result and the gradient are Paddle's exactly: the maximum, and
-    the gradient to the first maximum of each window, row by row. Other
-    devices, static graphs, ``ceil_mode`` and ``return_mask`` run ``nn.MaxPool2D``.
-    """
+    """``nn.MaxPool2D`` by the multi-threaded kernel on the CPU (Paddle's first-maximum gradient)."""
 
     def __init__(self, kernel_size: int, stride: int, padding: int = 0) -> None:
         super().__init__(kernel_size, stride=stride, padding=padding)
-        self._sizes = (int(kernel_size), int(stride), int(padding))
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         if not self.ceil_mode and not self.return_mask and self.data_format == "NCHW" and kernels_apply(x):
-            return max_pool_kernel(x, *self._sizes)
+            return max_pool_kernel(x, _square(self.ksize, "kernel_size"), _square(self.stride, "stride"),
+                                   _square(self.padding, "padding"))
         return super().forward(x)
+
+
+class CpuDenseLayer(_DenseLayer):
+    """A dense layer whose BatchNorm + ReLU run fused and whose inputs concatenate by the kernel."""
+
+    def concatenate(self, inputs: list[paddle.Tensor]) -> paddle.Tensor:
+        return concat_channels(inputs)
+
+    def norm_relu(self, x: paddle.Tensor, norm: nn.BatchNorm2D) -> paddle.Tensor:
+        return batch_norm_relu(x, norm)
+
+
+class CpuDenseBlock(_DenseBlock):
+    """A dense block concatenating by the kernel."""
+
+    def concatenate(self, inputs: list[paddle.Tensor]) -> paddle.Tensor:
+        return concat_channels(inputs)
+
+
+class CpuTransition(_Transition):
+    """A transition whose BatchNorm + ReLU + 2x2 average pooling run as one kernel."""
+
+    def norm_relu_pool(self, x: paddle.Tensor) -> paddle.Tensor:
+        return batch_norm_relu_pool(x, self.norm, self.pool)
+
+
+class FusingSequential(nn.Sequential):
+    """``nn.Sequential`` that runs a ``BatchNorm2D`` directly followed by a ``ReLU`` as one fused kernel."""
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        layers = list(self._sub_layers.values())
+        i = 0
+        while i < len(layers):
+            if type(layers[i]) is nn.BatchNorm2D and i + 1 < len(layers) and type(layers[i + 1]) is nn.ReLU:
+                x = batch_norm_relu(x, layers[i])
+                i += 2
+            else:
+                x = layers[i](x)
+                i += 1
+        return x
+
+
+def _is_conv3x3(layer: nn.Layer) -> bool:
+    return (_pair(layer._kernel_size) == [3, 3] and _pair(layer._stride) == [1, 1]
+            and list(layer._updated_padding) == [1, 1] and _pair(layer._dilation) == [1, 1])
+
+
+def _plain_conv(layer: nn.Layer) -> bool:
+    return (layer.bias is None and layer._groups == 1 and layer._data_format == "NCHW"
+            and layer._padding_mode == "zeros" and layer._padding_algorithm == "EXPLICIT")
+
+
+def _is_stem_conv(layer: nn.Layer) -> bool:
+    kernel, stride, padding = _pair(layer._kernel_size), _pair(layer._stride), list(layer._updated_padding)
+    return (kernel[0] == kernel[1] >= 5 and stride[0] == stride[1] and len(padding) == 2
+            and padding[0] == padding[1] and _pair(layer._dilation) == [1, 1])
+
+
+def _is_square_max_pool(layer: nn.Layer) -> bool:
+    try:
+        for value, name in ((layer.ksize, "kernel"), (layer.stride, "stride"), (layer.padding, "padding")):
+            _square(value, name)
+    except (TypeError, ValueError):
+        return False
+    return not layer.ceil_mode and not layer.return_mask and layer.data_format == "NCHW"
+
+
+def _cpu_class(layer: nn.Layer) -> type | None:
+    """The CPU-training class for ``layer``, or ``None`` where none applies."""
+    kind = type(layer)
+    if kind is nn.Conv2D and _plain_conv(layer):
+        if _is_conv3x3(layer):
+            return Conv3x3
+        if _is_stem_conv(layer):
+            return ThreadedConv2D
+    if kind is nn.MaxPool2D and _is_square_max_pool(layer):
+        return ThreadedMaxPool2D
+    return {_DenseLayer: CpuDenseLayer, _DenseBlock: CpuDenseBlock, _Transition: CpuTransition,
+            nn.Sequential: FusingSequential}.get(kind)
+
+
+_PLAIN_CLASS = {Conv3x3: nn.Conv2D, ThreadedConv2D: nn.Conv2D, ThreadedMaxPool2D: nn.MaxPool2D,
+                CpuDenseLayer: _DenseLayer, CpuDenseBlock: _DenseBlock, CpuTransition: _Transition,
+                FusingSequential: nn.Sequential}
+
+
+def use_cpu_training_layers(net: nn.Layer) -> Counter:
+    """Swap the faster CPU-training layers into ``net``, in place; build the kernels first (one log line).
+
+    Where the kernels cannot be built (no compiler) only the 3x3 convolutions are
+    swapped: their fold path needs no kernels.
+
+    Returns:
+        Counter: how many layers of each CPU class were swapped in.
+    """
+    have_kernels = prepare_kernels() is not None
+    swapped: Counter = Counter()
+    for layer in [net, *net.sublayers()]:
+        cpu_class = _cpu_class(layer)
+        if cpu_class is None or (not have_kernels and cpu_class is not Conv3x3):
+            continue
+        layer.__class__ = cpu_class
+        swapped[cpu_class.__name__] += 1
+    logger.debug("CPU training layers: %s", dict(swapped))
+    return swapped
+
+
+def use_plain_layers(net: nn.Layer) -> None:
+    """Undo :func:`use_cpu_training_layers`: every swapped layer gets its plain class back."""
+    for layer in [net, *net.sublayers()]:
+        plain = _PLAIN_CLASS.get(type(layer))
+        if plain is not None:
+            layer.__class__ = plain
+

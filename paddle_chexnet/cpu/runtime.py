@@ -48,6 +48,8 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from paddle_chexnet.utils.system import usable_cores
+
 logger = logging.getLogger(__name__)
 
 
@@ -148,13 +150,6 @@ def mkl_cpu_type_for(vendor: str, flags: frozenset[str]) -> str | None:
     if AVX2_FLAGS <= flags:
         return MKL_AVX2_CPU_TYPE
     return None
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity where the system tells it)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
 
 
 def local_process_count(environ: MutableMapping[str, str] = os.environ) -> int:

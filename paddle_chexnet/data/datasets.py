@@ -10,26 +10,16 @@ import numpy as np
 import paddle
 from PIL import Image, UnidentifiedImageError
 
-from paddle_chexnet.data.images import DICOM_SUFFIXES, ImageReadError, read_xray
+from paddle_chexnet.data.images import DICOM_SUFFIXES, IMAGE_SUFFIXES, ImageReadError, read_xray, scan_images
 from paddle_chexnet.data.label_lists import LabelList, read_label_list
 
 logger = logging.getLogger(__name__)
 
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"} | DICOM_SUFFIXES
 
 
 class MissingImagesError(FileNotFoundError):
     """Images named in a label list that are not in the image folder."""
-
-
-def _scan_images(folder: Path) -> Iterable[Path]:
-    """Image files under ``folder`` at any depth (hidden files and folders skipped)."""
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in files:
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
-                yield Path(root) / name
 
 
 def index_images(image_dir: str | Path) -> dict[str, Path]:
@@ -50,7 +40,7 @@ def index_images(image_dir: str | Path) -> dict[str, Path]:
             "images_0NN/images/ folders NIH's archives unpack to) or pass --data-dir"
         )
     index: dict[str, Path] = {}
-    for image_path in _scan_images(image_dir):
+    for image_path in scan_images(image_dir):
         previous = index.setdefault(image_path.name, image_path)
         if previous != image_path:
             raise ValueError(

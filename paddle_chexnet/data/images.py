@@ -15,6 +15,8 @@ which is worse.)
 """
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +25,12 @@ from PIL import Image, UnidentifiedImageError
 _WIDE_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 
 
-DICOM_SUFFIXES = {".dcm", ".dicom"}
+DICOM_SUFFIXES = frozenset({".dcm", ".dicom"})
 
 
-_PICTURE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
+PICTURE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+#: every suffix an image folder is searched for (suffix-less DICOM files are found by their magic)
+IMAGE_SUFFIXES = PICTURE_SUFFIXES | DICOM_SUFFIXES
 
 
 class ImageReadError(OSError):
@@ -72,7 +76,7 @@ def read_xray(path: str | Path) -> Image.Image:
 
     # DICOM by suffix, or by its "DICM" magic (PACS exports often have no suffix)
     suffix = path.suffix.lower()
-    if suffix in DICOM_SUFFIXES or (suffix not in _PICTURE_SUFFIXES and is_dicom_file(path)):
+    if suffix in DICOM_SUFFIXES or (suffix not in PICTURE_SUFFIXES | {'.gif', '.webp'} and is_dicom_file(path)):
         return read_dicom(path)
     try:
         with Image.open(path) as opened:
@@ -82,3 +86,40 @@ def read_xray(path: str | Path) -> Image.Image:
         raise ImageReadError(f"image file not found: {path}") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(f"cannot read image {path}: {exc}. Is the file complete (re-extract it)?") from exc
+
+
+def scan_images(folder: str | Path) -> Iterator[Path]:
+    """Image files under ``folder`` at any depth, by suffix (hidden files and folders skipped), sorted per folder."""
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES:
+                yield Path(root) / name
+
+
+def list_images(path: str | Path) -> list[Path]:
+    """One image file, or every image under a folder (any depth; suffix-less DICOM files too), sorted.
+
+    Raises:
+        FileNotFoundError: the path does not exist, or the folder holds no image.
+    """
+    from paddle_chexnet.data.dicom import is_dicom_file
+
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"no such image or folder: {path}")
+    found = []
+    for root, dirs, files in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            candidate = Path(root) / name
+            if name.startswith("."):
+                continue
+            suffix = candidate.suffix.lower()
+            if suffix in IMAGE_SUFFIXES or (not suffix and is_dicom_file(candidate)):
+                found.append(candidate)
+    if not found:
+        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))} or DICOM) found under {path}")
+    return found

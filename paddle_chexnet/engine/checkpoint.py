@@ -22,7 +22,6 @@ and resuming falls back to the other (see :func:`find_resumable`).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Mapping
@@ -33,6 +32,7 @@ import numpy as np
 import paddle
 
 from paddle_chexnet.models.state_dict import check_state_dict
+from paddle_chexnet.utils.hashing import file_sha256
 from paddle_chexnet.utils.io import atomic_paddle_save, atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -56,15 +56,6 @@ def checkpoint_paths(directory: str | Path, name: str) -> dict[str, Path]:
         "opt": directory / f"{name}{OPT_SUFFIX}",
         "meta": directory / f"{name}{META_SUFFIX}",
     }
-
-
-def file_digest(path: str | Path) -> str:
-    """SHA-256 of a file, hex."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _param_name_map(network: paddle.nn.Layer) -> dict[str, str]:
@@ -142,8 +133,8 @@ def save_checkpoint(
     record = dict(_to_jsonable(dict(meta)))
     record["format_version"] = FORMAT_VERSION
     record["files"] = {
-        paths["params"].name: file_digest(paths["params"]),
-        paths["opt"].name: file_digest(paths["opt"]),
+        paths["params"].name: file_sha256(paths["params"]),
+        paths["opt"].name: file_sha256(paths["opt"]),
     }
     atomic_write_text(paths["meta"], json.dumps(record, indent=2, sort_keys=True) + "\n")
     return paths
@@ -166,7 +157,7 @@ def read_checkpoint_meta(directory: str | Path, name: str, verify: bool = True) 
     if verify:
         for key in ("params", "opt"):
             expected = meta.get("files", {}).get(paths[key].name)
-            if expected != file_digest(paths[key]):
+            if expected != file_sha256(paths[key]):
                 raise CheckpointError(
                     f"{paths[key]} does not match {paths['meta'].name} (SHA-256 differs): the process was "
                     "stopped while saving, so these files come from two different epochs"

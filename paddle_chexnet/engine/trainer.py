@@ -30,12 +30,6 @@ from typing import Any
 import numpy as np
 import paddle
 
-from paddle_chexnet.conversion.pretrained import (
-    IMAGENET_DOWNLOAD,
-    download_imagenet_weights,
-)
-from paddle_chexnet.cpu.kernels import cpu_kernels
-from paddle_chexnet.cpu.runtime import usable_cores
 from paddle_chexnet.data.sampling import SeededAugmentation, SeededBatchSampler
 from paddle_chexnet.engine.callbacks import (
     CheckpointSaver,
@@ -58,16 +52,19 @@ from paddle_chexnet.engine.checkpoint import (
     find_resumable,
     load_checkpoint,
 )
-from paddle_chexnet.engine.config import ARCHITECTURES, TrainConfig
+from paddle_chexnet.engine.config import TrainConfig
 from paddle_chexnet.engine.distributed import is_main_process, world_size
 from paddle_chexnet.engine.losses import make_loss
 from paddle_chexnet.engine.optim import (
     build_optimizer,
     build_scheduler,
 )
-from paddle_chexnet.models.densenet import DenseNet, chexnet
-from paddle_chexnet.utils.device import select_device
+from paddle_chexnet.models.base import ChestXrayNet
+from paddle_chexnet.models.registry import build_network as registry_build_network
+from paddle_chexnet.utils.device import prepare_device
+from paddle_chexnet.models.spec import spec_record
 from paddle_chexnet.utils.io import atomic_write_text
+from paddle_chexnet.utils.system import usable_cores
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +80,7 @@ class TrainResult:
         last_checkpoint (Path | None): ``last.pdparams``.
         history (list[dict]): one row per epoch, the CSV's columns.
         stopped_early (bool): early stopping ended the run.
-        network (DenseNet): the trained network (the last epoch's weights), in eval mode.
+        network (ChestXrayNet): the trained network (the last epoch's weights), in eval mode.
         checkpoint_dir (Path): OUTPUT_DIR/RUN_NAME.
         log_dir (Path): LOG_DIR/RUN_NAME.
     """
@@ -94,7 +91,7 @@ class TrainResult:
     last_checkpoint: Path | None
     history: list[dict[str, Any]]
     stopped_early: bool
-    network: DenseNet = field(repr=False)
+    network: ChestXrayNet = field(repr=False)
     checkpoint_dir: Path = Path()
     log_dir: Path = Path()
 
@@ -106,22 +103,14 @@ def seed_everything(seed: int) -> None:
     paddle.seed(seed)
 
 
-def build_network(config: TrainConfig, num_classes: int, class_names: Sequence[str]) -> DenseNet:
-    """The network of ``config.arch``, with the ImageNet backbone of ``config.pretrained`` if given."""
-    if config.arch == "densenet121":
-        net = chexnet(num_classes=num_classes, class_names=class_names)
-    else:
-        net = DenseNet(num_classes=num_classes, class_names=class_names, **ARCHITECTURES[config.arch])
+def build_network(config: TrainConfig, num_classes: int, class_names: Sequence[str]):
+    """The network of ``config.arch`` (through the registry), with the ImageNet backbone of ``config.pretrained``."""
+    net = registry_build_network(config.arch, num_classes=num_classes, class_names=class_names,
+                                 pooling=config.pooling)
     if config.pretrained:
-        from paddle_chexnet.conversion.layouts import load_pretrained_backbone
+        from paddle_chexnet.conversion.pretrained import load_pretrained
 
-        path = download_imagenet_weights() if config.pretrained == IMAGENET_DOWNLOAD else config.pretrained
-        if not Path(path).is_file():
-            raise FileNotFoundError(
-                f"--pretrained {path}: no such file. Give a torchvision densenet121-*.pth or a Paddle "
-                f"DenseNet121_pretrained.pdparams, or '{IMAGENET_DOWNLOAD}' to download Paddle's"
-            )
-        logger.info("%s", load_pretrained_backbone(net, path))
+        logger.info("%s", load_pretrained(net, config.pretrained))
     return net
 
 
@@ -188,7 +177,7 @@ class _Truncated(paddle.io.BatchSampler):
         return min(len(self.sampler), self.max_batches)
 
 
-def build_model(net: DenseNet, config: TrainConfig, num_classes: int) -> paddle.Model:
+def build_model(net: ChestXrayNet, config: TrainConfig, num_classes: int) -> paddle.Model:
     """``paddle.Model(net)``; with ``config.to_static`` the network's forward is compiled to a static graph.
 
     A compiled forward hides its Python signature, so the model then gets explicit input specs.
@@ -255,7 +244,7 @@ def run_training(config: TrainConfig) -> TrainResult:
         >>> result.best_checkpoint  # doctest: +SKIP
         PosixPath('outputs/chexnet/best.pdparams')
     """
-    device = select_device(config.device, config.cpu_threads)
+    device = prepare_device(config.device, config.cpu_threads)
     if config.amp and not device.startswith("gpu"):
         raise ValueError("--amp needs a GPU (mixed precision on the CPU is slower, not faster); drop --amp")
     seed_everything(config.seed)
@@ -263,6 +252,13 @@ def run_training(config: TrainConfig) -> TrainResult:
     train_set, val_set = build_datasets(config)
     class_names = tuple(train_set.class_names)
     net = build_network(config, len(class_names), class_names)
+    kernels_missing = False
+    if device == "cpu" and not config.to_static:
+        from paddle_chexnet.cpu.kernels import cpu_kernels
+        from paddle_chexnet.cpu.layers import use_cpu_training_layers
+
+        use_cpu_training_layers(net)  # same parameters; builds the C++ kernels first, once
+        kernels_missing = cpu_kernels() is None
 
     lr = config.lr * (world_size() if config.scale_lr else 1)
     scheduler = build_scheduler(config.schedule, lr, plateau_patience=config.plateau_patience,
@@ -293,6 +289,7 @@ def run_training(config: TrainConfig) -> TrainResult:
 
     def meta() -> dict[str, Any]:
         return {
+            **spec_record(net.spec),
             "config": config.to_dict(),
             "class_names": list(class_names),
             "world_size": world_size(),
@@ -306,7 +303,7 @@ def run_training(config: TrainConfig) -> TrainResult:
         atomic_write_text(config.run_log_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
         logger.info("training %s on %d images (validation %d), %d process(es), batch %d per process, lr %.3g",
                     config.arch, len(train_set), len(val_set), world_size(), config.batch_size, lr)
-        if device == "cpu" and world_size() == 1 and usable_cores() > 1 and cpu_kernels() is None:
+        if kernels_missing and world_size() == 1 and usable_cores() > 1:
             # Paddle's own CPU kernels for BatchNorm, ReLU, concat, pooling run on one core
             logger.info("without the package's C++ CPU kernels one process per core is faster (BENCHMARKS.md): "
                         "python -m paddle.distributed.launch --nproc_per_node %d train.py ... (batch size is then "
@@ -318,11 +315,15 @@ def run_training(config: TrainConfig) -> TrainResult:
     else:
         logger.info("nothing to do: the checkpoint already finished %d of %d epochs", state.epoch_offset,
                     config.epochs)
+    if device == "cpu" and not config.to_static:
+        from paddle_chexnet.cpu.layers import use_plain_layers
+
+        use_plain_layers(net)
     net.eval()
     return _result(config, state, net, early_stopping)
 
 
-def _resume(config: TrainConfig, net: DenseNet, optimizer: paddle.optimizer.Optimizer, state: RunState,
+def _resume(config: TrainConfig, net: ChestXrayNet, optimizer: paddle.optimizer.Optimizer, state: RunState,
             early_stopping: ResumableEarlyStopping | None) -> None:
     name = find_resumable(config.checkpoint_dir)
     if name is None:
@@ -347,7 +348,7 @@ def _resume(config: TrainConfig, net: DenseNet, optimizer: paddle.optimizer.Opti
                     state.best_metric, state.best_epoch + 1)
 
 
-def _result(config: TrainConfig, state: RunState, net: DenseNet,
+def _result(config: TrainConfig, state: RunState, net: ChestXrayNet,
             early_stopping: ResumableEarlyStopping | None) -> TrainResult:
     best = checkpoint_paths(config.checkpoint_dir, "best")["params"]
     last = checkpoint_paths(config.checkpoint_dir, "last")["params"]

@@ -44,7 +44,8 @@ from paddle_chexnet.data.transforms import (
 )
 from paddle_chexnet.evaluation.metrics import AUROC
 from paddle_chexnet.evaluation.reports import EvalResult, write_outputs
-from paddle_chexnet.inference.predictors import InferencePredictor, Predictor, cpu_count
+from paddle_chexnet.inference.predictors import InferencePredictor, Predictor
+from paddle_chexnet.utils.system import usable_cores
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def _to_crops(resized: np.ndarray, crops: str, crop: int) -> np.ndarray:
 
 def default_num_workers() -> int:
     """Half the cores (at least 1, at most 8): on a CPU the network needs the rest."""
-    return max(1, min(8, cpu_count() // 2))
+    return max(1, min(8, usable_cores() // 2))
 
 
 def iterate_batches(

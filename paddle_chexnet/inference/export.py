@@ -1,7 +1,12 @@
-"""Exporting a network for Paddle Inference, and the cache of exports keyed by the weights' content."""
+"""Exporting a network for Paddle Inference, and the cache of exports keyed by the weights' content.
+
+:func:`cached_export` keys an export by the SHA-256 of the weights file, the
+Paddle version and the crop size, so a second evaluation skips the export and
+changed weights can never reuse a stale graph. Exports live in
+``<cache root>/exports`` (:func:`~paddle_chexnet.utils.paths.cache_root`).
+"""
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -10,20 +15,17 @@ from pathlib import Path
 
 import paddle
 
-from paddle_chexnet.models.densenet import WithSigmoid
-from paddle_chexnet.models.loading import MISSING_WEIGHTS_HELP, network_from_weights
+from paddle_chexnet.models.base import WithSigmoid
+from paddle_chexnet.models.loading import load_network
+from paddle_chexnet.models.state_dict import require_weights_file
+from paddle_chexnet.utils.hashing import file_sha256
+from paddle_chexnet.utils.paths import cache_root
 
 logger = logging.getLogger(__name__)
 
-
 # Bump when the exported graph changes (e.g. what WithSigmoid computes) so old caches are not reused.
 EXPORT_FORMAT = 1
-
-
 MODEL_PREFIX = "model"
-
-
-ENV_CACHE_DIR = "PADDLE_CHEXNET_CACHE"
 
 
 def export_model(net: paddle.nn.Layer, prefix: str | Path, crop: int = 224) -> Path:
@@ -49,26 +51,15 @@ def model_file(prefix: str | Path) -> Path:
     raise FileNotFoundError(f"no exported model at {prefix}.json or {prefix}.pdmodel")
 
 
-def file_digest(path: str | Path, length: int = 16) -> str:
-    """The first ``length`` hex digits of the SHA-256 of the file's content."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:length]
-
-
 def default_cache_dir() -> Path:
-    """``$PADDLE_CHEXNET_CACHE``, else ``$XDG_CACHE_HOME/paddle_chexnet``, else ``~/.cache/paddle_chexnet``."""
-    if os.environ.get(ENV_CACHE_DIR):
-        return Path(os.environ[ENV_CACHE_DIR])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "paddle_chexnet"
+    """Where exports are kept: ``<cache root>/exports``."""
+    return cache_root() / "exports"
 
 
 def export_key(weights: str | Path, crop: int) -> str:
     """Cache folder name for an export of ``weights`` at ``crop``: content hash, Paddle version, crop size."""
-    return f"{Path(weights).stem}-{file_digest(weights)}-paddle{paddle.__version__}-crop{crop}-f{EXPORT_FORMAT}"
+    digest = file_sha256(weights)[:16]
+    return f"{Path(weights).stem}-{digest}-paddle{paddle.__version__}-crop{crop}-f{EXPORT_FORMAT}"
 
 
 def _writable(folder: Path) -> bool:
@@ -83,7 +74,6 @@ def cached_export(
     weights: str | Path,
     crop: int = 224,
     cache_dir: str | Path | None = None,
-    num_classes: int | None = None,
 ) -> Path:
     """The exported model of ``weights`` (exporting it on first use); returns the prefix to load.
 
@@ -96,12 +86,8 @@ def cached_export(
         cache_dir (str | Path, optional): where exports live; ``None`` uses
             :func:`default_cache_dir`, or a ``.paddle_chexnet_cache`` folder next to the
             weights when that is not writable. Default: None.
-        num_classes (int, optional): outputs of the network; ``None`` reads it from the
-            classifier in the weights. Default: None.
     """
-    weights = Path(weights)
-    if not weights.is_file():
-        raise FileNotFoundError(f"weights not found: {weights}. {MISSING_WEIGHTS_HELP}")
+    weights = require_weights_file(weights)
     if cache_dir is None:
         cache_dir = default_cache_dir()
         if not _writable(cache_dir):
@@ -114,7 +100,7 @@ def cached_export(
     except FileNotFoundError:
         pass
     cache_dir.mkdir(parents=True, exist_ok=True)
-    net = network_from_weights(weights, num_classes)
+    net = load_network(weights)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=cache_dir))
     try:
         logger.info("exporting %s for Paddle Inference to %s (once per weights file)", weights, final)

@@ -3,21 +3,20 @@
 Two backends share one interface (:class:`Predictor`):
 
 * :class:`DygraphPredictor` runs the network in Paddle's dynamic graph, on
-  whatever device is set (the GPU when :func:`~paddle_chexnet.device.select_device`
+  whatever device is set (the GPU when :func:`~paddle_chexnet.utils.device.select_device`
   picked it).
 * :class:`InferencePredictor` runs a ``paddle.jit.save`` export of
   ``WithSigmoid(net)`` with Paddle Inference and oneDNN on the CPU: the graph
-  is fused (conv+BN, conv+ReLU, ...) and runs about 4x faster than the
-  dynamic graph on a small CPU, with the same probabilities (within 1e-6).
+  is fused (conv+BN, conv+ReLU, ...) and runs several times faster than the
+  dynamic graph on a CPU (BENCHMARKS.md), with the same probabilities (within 1e-5).
+  Exports are cached (:mod:`paddle_chexnet.inference.export`).
 
-Exports are cached: :func:`cached_export` keys them by the content hash of the
-weights file, the Paddle version and the crop size, so a second evaluation
-skips the export, and changed weights can never reuse a stale graph.
+Both take the network and its output names from the weights file through
+:func:`~paddle_chexnet.models.loading.load_network`.
 """
 from __future__ import annotations
 
 import logging
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -32,21 +31,15 @@ from paddle_chexnet.inference.export import (
     export_model,
     model_file,
 )
-from paddle_chexnet.models.densenet import WithSigmoid
-from paddle_chexnet.models.loading import MISSING_WEIGHTS_HELP, network_from_weights
+from paddle_chexnet.models.base import WithSigmoid
+from paddle_chexnet.models.loading import load_network, network_spec
+from paddle_chexnet.models.state_dict import read_state_dict
+from paddle_chexnet.utils.system import usable_cores
 
 logger = logging.getLogger(__name__)
 
 
 DEFAULT_CPU_MICRO_BATCH = 10
-
-
-def cpu_count() -> int:
-    """CPU cores this process may use (the affinity mask, not the whole machine)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 class Predictor(ABC):
@@ -143,7 +136,7 @@ class InferencePredictor(Predictor):
         if use_onednn:
             # Paddle 3 renamed enable_mkldnn to enable_onednn; accept both.
             (getattr(config, "enable_onednn", None) or config.enable_mkldnn)()
-        self.num_threads = num_threads or cpu_count()
+        self.num_threads = num_threads or usable_cores()
         config.set_cpu_math_library_num_threads(self.num_threads)
         config.switch_ir_optim(True)
         # enable_memory_optim() fails on Paddle 3.3's PIR graphs (memory_optimize_pass not found).
@@ -168,7 +161,13 @@ class InferencePredictor(Predictor):
     def from_weights(
         cls, weights: str | Path, crop: int = 224, cache_dir: str | Path | None = None, **kwargs
     ) -> InferencePredictor:
-        """Load the cached export of ``weights`` (see :func:`cached_export`), exporting it on first use."""
+        """Load the cached export of ``weights`` (see :func:`cached_export`), exporting it on first use.
+
+        The weights are read and checked every time (existence, finite values, their spec), so an
+        export cached earlier is never used for a file that would not load.
+        """
+        spec = network_spec(weights, read_state_dict(weights))
+        kwargs.setdefault("class_names", spec.class_names)
         return cls(cached_export(weights, crop, cache_dir), **kwargs)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
@@ -204,9 +203,6 @@ def load_predictor(
         FileNotFoundError: ``weights`` does not exist; the message says how to get them.
         ValueError: an unknown backend, or ``'inference'`` with a GPU device.
     """
-    weights = Path(weights)
-    if not weights.is_file():
-        raise FileNotFoundError(f"weights not found: {weights}. {MISSING_WEIGHTS_HELP}")
     if backend not in ("auto", "inference", "dygraph"):
         raise ValueError(f"unknown backend {backend!r}; use auto, inference or dygraph")
     on_gpu = device.startswith("gpu")
@@ -221,4 +217,4 @@ def load_predictor(
         return InferencePredictor.from_weights(
             weights, crop=crop, cache_dir=cache_dir, num_threads=num_threads, micro_batch=micro_batch
         )
-    return DygraphPredictor(network_from_weights(weights), micro_batch=micro_batch)
+    return DygraphPredictor(load_network(weights), micro_batch=micro_batch)

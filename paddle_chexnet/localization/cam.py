@@ -36,6 +36,8 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
+from paddle_chexnet.models.heads import class_maps
+
 METHODS: tuple[str, ...] = ("cam", "gradcam", "gradcampp")
 
 
@@ -60,7 +62,7 @@ def _as_tensor(images: paddle.Tensor | np.ndarray) -> paddle.Tensor:
 
 
 def _class_ids(net, class_ids: Sequence[int] | None) -> np.ndarray:
-    num_classes = int(net.classifier.weight.shape[1])
+    num_classes = int(net.num_classes)
     if class_ids is None:
         return np.arange(num_classes)
     ids = np.asarray(list(class_ids), dtype=np.int64).reshape(-1)
@@ -69,46 +71,56 @@ def _class_ids(net, class_ids: Sequence[int] | None) -> np.ndarray:
     return ids
 
 
-def _head(net, features: paddle.Tensor) -> paddle.Tensor:
-    """Logits from the last feature map: global average pooling and the linear classifier."""
-    return net.classifier(paddle.flatten(F.adaptive_avg_pool2d(features, 1), 1))
-
-
 def _check_net(net) -> None:
-    if not (hasattr(net, "features") and hasattr(net, "classifier") and hasattr(net, "forward_features")):
+    if not all(hasattr(net, name) for name in ("feature_stages", "classifier", "forward_features",
+                                                 "logits_from_features")):
         raise TypeError(
-            f"heatmaps need a paddle_chexnet DenseNet (features, classifier, forward_features), got {type(net).__name__}"
+            f"heatmaps need a network of paddle_chexnet.models (feature_stages, classifier, forward_features), "
+            f"got {type(net).__name__}"
         )
+
+
+def stage_names(net) -> list[str]:
+    """The layers Grad-CAM can explain: the names of the network's feature stages, in order."""
+    return [name for name, _ in net.feature_stages()]
+
+
+def resolve_layer(net, layer: str) -> str:
+    """``layer`` as a stage name; ``features.denseblock2`` (the state dict's spelling) is ``denseblock2``."""
+    names = stage_names(net)
+    if layer in names:
+        return layer
+    for prefix in ("features.", "backbone."):
+        if layer.startswith(prefix) and layer[len(prefix):] in names:
+            return layer[len(prefix):]
+    raise ValueError(f"unknown layer {layer!r} for {type(net).__name__}; choose one of {', '.join(names)}")
 
 
 def _target_and_logits(net, images: paddle.Tensor, layer: str | None) -> tuple[paddle.Tensor, paddle.Tensor]:
     """The activation to explain (a leaf that requires grad) and the logits computed from it.
 
-    ``layer=None`` is the last map after norm5 + ReLU; otherwise the output of
-    the named child of ``net.features`` (e.g. ``'denseblock4'``,
-    ``'transition3'``). Everything before the target runs without a graph.
+    ``layer=None`` is the last map after the final activation; otherwise the
+    output of the named feature stage (e.g. ``'denseblock4'``, ``'transition3'``).
+    Everything before the target runs without a graph.
     """
     if layer is None:
         with paddle.no_grad():
             target = net.forward_features(images)
         target = target.detach()
         target.stop_gradient = False
-        return target, _head(net, target)
-    children = list(net.features.named_children())
-    names = [name for name, _ in children]
-    if layer not in names:
-        raise ValueError(f"layer {layer!r} is not a child of net.features; choose one of {', '.join(names)}")
-    split = names.index(layer) + 1
+        return target, net.logits_from_features(target)
+    stages = net.feature_stages()
+    split = stage_names(net).index(resolve_layer(net, layer)) + 1
     with paddle.no_grad():
         x = images
-        for _, child in children[:split]:
-            x = child(x)
+        for _, stage in stages[:split]:
+            x = stage(x)
     target = x.detach()
     target.stop_gradient = False
     x = target
-    for _, child in children[split:]:
-        x = child(x)
-    return target, _head(net, F.relu(x))
+    for _, stage in stages[split:]:
+        x = stage(x)
+    return target, net.logits_from_features(net.final_activation(x))
 
 
 class _EvalMode:
@@ -135,7 +147,7 @@ def class_activation_maps(
     """CAM: the classifier's weights over the last feature map (after norm5 + ReLU).
 
     Args:
-        net (DenseNet): the network (switched to eval mode for the call).
+        net (ChestXrayNet): the network (switched to eval mode for the call).
         images (paddle.Tensor | numpy.ndarray): ``[B, 3, H, W]`` normalised inputs, any size.
         class_ids (Sequence[int], optional): classes to map. Default: None (all).
         include_bias (bool, optional): add the classifier bias to every cell, so
@@ -155,13 +167,8 @@ def class_activation_maps(
     ids = _class_ids(net, class_ids)
     with _EvalMode(net), paddle.no_grad():
         features = net.forward_features(_as_tensor(images))
-        logits = _head(net, features)
-        batch, channels, height, width = features.shape
-        weight = paddle.index_select(net.classifier.weight, paddle.to_tensor(ids), axis=1)  # [C, K]
-        maps = paddle.matmul(weight, features.reshape([batch, channels, height * width]), transpose_x=True)
-        if include_bias and net.classifier.bias is not None:
-            maps = maps + paddle.index_select(net.classifier.bias, paddle.to_tensor(ids)).reshape([1, -1, 1])
-        maps = maps.reshape([batch, len(ids), height, width])
+        logits = net.logits_from_features(features)
+        maps = class_maps(features, net.classifier, paddle.to_tensor(ids), include_bias)
         return Heatmaps(maps.numpy().astype(np.float32), F.sigmoid(logits).numpy(), ids)
 
 
@@ -195,10 +202,10 @@ def grad_cam(
     """Grad-CAM of the logits (see the module docstring).
 
     Args:
-        net (DenseNet): the network (switched to eval mode for the call).
+        net (ChestXrayNet): the network (switched to eval mode for the call).
         images (paddle.Tensor | numpy.ndarray): ``[B, 3, H, W]`` normalised inputs.
         class_ids (Sequence[int], optional): classes to map. Default: None (all).
-        layer (str, optional): a child of ``net.features`` to explain (e.g.
+        layer (str, optional): a feature stage to explain (``net.feature_stages()``, e.g.
             ``'denseblock4'``); None is the last map after norm5 + ReLU. Default: None.
 
     Returns:

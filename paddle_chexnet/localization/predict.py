@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from paddle_chexnet.data.images import DICOM_SUFFIXES, ImageReadError, read_xray
+from paddle_chexnet.data.images import ImageReadError, list_images, read_xray
 from paddle_chexnet.data.labels import CLASS_NAMES, canonical_label
 from paddle_chexnet.data.transforms import center_crop, normalize, resize_shorter_side
 from paddle_chexnet.localization.boxes import (
@@ -40,41 +40,12 @@ from paddle_chexnet.localization.boxes import (
     upsample_heatmap,
 )
 from paddle_chexnet.localization.cam import compute_heatmaps
-from paddle_chexnet.models.densenet import DenseNet
+from paddle_chexnet.models.base import ChestXrayNet
 from paddle_chexnet.utils.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"} | DICOM_SUFFIXES
-
-
-def list_images(path: str | Path) -> list[Path]:
-    """One image file, or every image under a folder (any depth; suffix-less DICOM files too), sorted.
-
-    Raises:
-        FileNotFoundError: the path does not exist, or the folder holds no image.
-    """
-    from paddle_chexnet.data.dicom import is_dicom_file
-
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise FileNotFoundError(f"no such image or folder: {path}")
-    found = []
-    for root, dirs, files in os.walk(path):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            candidate = Path(root) / name
-            if name.startswith("."):
-                continue
-            suffix = candidate.suffix.lower()
-            if suffix in IMAGE_SUFFIXES or (not suffix and is_dicom_file(candidate)):
-                found.append(candidate)
-    if not found:
-        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))} or DICOM) found under {path}")
-    return found
 
 
 def prepare_input(image: Image.Image, resize: int = 256, crop: int | None = None) -> tuple[np.ndarray, InputGeometry]:
@@ -218,7 +189,7 @@ class ImageHeatmaps:
 
 
 def iter_heatmaps(
-    net: DenseNet,
+    net: ChestXrayNet,
     paths: Sequence[Path],
     method: str = "cam",
     resize: int = 256,
@@ -364,7 +335,7 @@ def display_scale(size: tuple[int, int], min_side: int = MIN_OVERLAY_SIDE) -> in
 
 
 def predict(
-    net: DenseNet,
+    net: ChestXrayNet,
     source: str | Path,
     output_dir: str | Path,
     options: PredictOptions | None = None,

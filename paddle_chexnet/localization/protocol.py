@@ -9,13 +9,13 @@ from paddle_chexnet.localization.boxes import (
     Box,
 )
 from paddle_chexnet.localization.predict import iter_heatmaps
-from paddle_chexnet.models.densenet import DenseNet
+from paddle_chexnet.models.base import ChestXrayNet
 
 logger = logging.getLogger(__name__)
 
 
 def localize_known_findings(
-    net: DenseNet,
+    net: ChestXrayNet,
     truths: Mapping[str, Sequence[Box]],
     image_paths: Mapping[str, Path],
     method: str = "cam",

@@ -60,3 +60,23 @@ def atomic_paddle_save(obj: object, path: str | Path) -> None:
 
     with atomic_path(path) as tmp:
         paddle.save(obj, str(tmp))
+
+
+def ensure_output_dir(path: str | Path, flag: str = "--output-dir") -> Path:
+    """Make sure results can be written to ``path`` before any work starts: a writable folder, made if needed.
+
+    Raises:
+        UserError: ``path`` is a file, cannot be created or is not writable; the message names ``flag``.
+    """
+    from paddle_chexnet.errors import UserError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path} is a file, not a folder; choose another {flag}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{flag} {path} cannot be created ({exc.strerror or exc}); choose another {flag}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path} is not writable; choose another {flag}")
+    return path

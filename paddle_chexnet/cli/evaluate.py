@@ -1,0 +1,107 @@
+"""``eval.py``: per-finding AUROC of a trained network with the paper's ten-crop protocol.
+
+The network, its output names and its task come from the weights file (its JSON
+sidecar): any checkpoint ``train.py`` writes or ``tools/convert_torch.py``
+converts evaluates without architecture flags.
+
+Example:
+    python eval.py --weights pretrained_models/chexnet.pdparams --data-dir ChestX-ray14 \\
+        --label-list ChestX-ray14/labels/test_list.txt --output-dir outputs/eval
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from paddle_chexnet.cli.common import HelpFormatter, run_command
+
+logger = logging.getLogger("paddle_chexnet.eval")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="eval.py",
+        description="Per-finding AUROC of a CheXNet on ChestX-ray14 (ten-crop by default).",
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--weights", default="pretrained_models/chexnet.pdparams",
+                        help="a .pdparams from train.py or tools/convert_torch.py (architecture read from its .json)")
+    parser.add_argument("--data-dir", "--data_dir", default="ChestX-ray14",
+                        help="dataset folder; images under DIR/images (flat or NIH's images_0NN/images/)")
+    parser.add_argument("--image-dir", "--image_dir", default=None, help="image folder (default: DATA_DIR/images)")
+    parser.add_argument("--label-list", "--label_list", default=None,
+                        help="label list '<image> <14 values>' (default: DATA_DIR/labels/test_list.txt)")
+    parser.add_argument("--output-dir", "--output_dir", default="outputs/eval", help="where results are written")
+    parser.add_argument("--crops", choices=("ten", "center"), default="ten",
+                        help="ten-crop (the paper's protocol) or a single center crop (10x faster)")
+    parser.add_argument("--batch-size", "--batch_size", type=int, default=8,
+                        help="images per batch (ten-crop runs 10x as many crops at once)")
+    parser.add_argument("--num-workers", "--num_workers", type=int, default=None,
+                        help="image-loading processes, 0 = in the main process (default: half the cores)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="Paddle Inference: copies of the model in parallel processes, each on its own images "
+                        "with cores/N threads (loading included)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, gpu or gpu:N")
+    parser.add_argument("--backend", choices=("auto", "inference", "dygraph"), default="auto",
+                        help="auto: Paddle Inference + oneDNN on the CPU, dynamic graph on a GPU")
+    parser.add_argument("--micro-batch", "--micro_batch", type=int, default=None,
+                        help="crops per network call, 0 = the whole batch (default: 10 on a CPU, where "
+                        "cache-sized calls are faster; whole batches on a GPU)")
+    parser.add_argument("--num-threads", "--num_threads", type=int, default=None,
+                        help="CPU math threads, Paddle Inference and dygraph alike (default: all cores)")
+    parser.add_argument("--cache-dir", "--cache_dir", default=None,
+                        help="cache of exported models (default: $PADDLE_CHEXNET_CACHE/exports or "
+                             "~/.cache/paddle_chexnet/exports)")
+    parser.add_argument("--skip-missing", "--skip_missing", action="store_true",
+                        help="evaluate on the listed images that exist; list the others in OUTPUT_DIR/skipped.txt")
+    parser.add_argument("--resize", type=int, default=256, help="shorter side after resizing")
+    parser.add_argument("--crop", type=int, default=224, help="crop size")
+    parser.add_argument("--no-plot", "--no_plot", action="store_true", help="do not draw the ROC curves")
+    parser.add_argument("--no-progress", "--no_progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--verbose", action="store_true", help="debug logging (and tracebacks of errors)")
+    return parser
+
+
+def run(args: argparse.Namespace):
+    from paddle_chexnet.data.datasets import ChestXray14Dataset
+    from paddle_chexnet.data.label_lists import read_label_list
+    from paddle_chexnet.evaluation.evaluate import evaluate
+    from paddle_chexnet.inference.predictors import load_predictor
+    from paddle_chexnet.models.state_dict import require_weights_file
+    from paddle_chexnet.utils.device import prepare_device
+    from paddle_chexnet.utils.io import ensure_output_dir
+
+    data_dir = Path(args.data_dir)
+    image_dir = Path(args.image_dir) if args.image_dir else data_dir / "images"
+    label_list = Path(args.label_list) if args.label_list else data_dir / "labels" / "test_list.txt"
+    # cheap checks first: a typo fails before the model is built or an image decoded
+    require_weights_file(args.weights)
+    output_dir = ensure_output_dir(args.output_dir)
+    labels = read_label_list(label_list)
+    dataset = ChestXray14Dataset(image_dir, labels, skip_missing=args.skip_missing)
+    if dataset.skipped:
+        logger.warning("skipped %d missing images (listed in %s)", len(dataset.skipped), output_dir / "skipped.txt")
+    device = prepare_device(args.device, args.num_threads)
+    predictor = load_predictor(args.weights, args.backend, device, args.crop, args.cache_dir, args.num_threads,
+                               args.micro_batch)
+    logger.info("%d images, %s-crop, backend %s on %s", len(dataset), args.crops, predictor.backend, device)
+    result = evaluate(
+        predictor, dataset, output_dir, crops=args.crops, resize=args.resize, crop=args.crop,
+        batch_size=args.batch_size, num_workers=args.num_workers, progress=not args.no_progress,
+        plot=not args.no_plot, processes=args.processes,
+    )
+    print(result.table())
+    print(f"{len(result.names)} images in {result.seconds:.1f} s ({result.images_per_second:.2f} images/s); "
+          f"results in {output_dir}")
+    return result
+
+
+def main(args: argparse.Namespace) -> int:
+    run(args)
+    return 0
+
+
+def entry(argv: Sequence[str] | None = None) -> int:
+    return run_command(get_args_parser, main, argv)

@@ -1,0 +1,120 @@
+"""Predict findings for X-rays, with heatmap overlays and boxes.
+
+    python tools/predict.py IMAGE_OR_FOLDER --weights W.pdparams --output-dir OUT \
+        [--cam cam|gradcam|gradcampp] [--threshold 0.5 | --threshold thresholds.json]
+
+Reads PNG, JPEG and DICOM (``.dcm``, or any file with DICOM's ``DICM`` magic).
+Writes ``OUT/predictions.csv``, ``OUT/predictions.txt``, ``OUT/boxes.csv``,
+``OUT/bounding_box.txt`` and ``OUT/heatmaps/<image>_<finding>.png`` for each
+finding at or above its threshold.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from paddle_chexnet.cli.common import HelpFormatter, run_command
+from paddle_chexnet.cli.heatmap_args import add_heatmap_box_arguments
+from paddle_chexnet.localization.cam import METHODS
+
+logger = logging.getLogger("predict")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="CheXNet probabilities, heatmaps and boxes for an image or a folder of images.",
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("input", type=Path, help="an image (PNG, JPEG, DICOM) or a folder searched at any depth")
+    parser.add_argument("--weights", type=Path, required=True, help="a .pdparams file (architecture read from it)")
+    parser.add_argument("--output-dir", "--output_dir", dest="output_dir", type=Path, required=True,
+                        help="folder for predictions.csv/.txt, boxes.csv, bounding_box.txt and heatmaps/")
+    parser.add_argument("--cam", "--method", dest="method", choices=METHODS, default="cam",
+                        help="heatmap method: CAM, Grad-CAM or Grad-CAM++")
+    parser.add_argument("--threshold", "--thresholds", dest="threshold", default="0.5",
+                        help="probability threshold for overlays and boxes: a number, or a .json "
+                             "({finding: value, 'default': value}) or .csv (finding,threshold) file")
+    add_heatmap_box_arguments(parser)
+    parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=8,
+                        help="images per forward pass")
+    parser.add_argument("--alpha", type=float, default=0.4, help="weight of the heatmap colours in overlays")
+    parser.add_argument("--no-overlays", "--no_overlays", dest="no_overlays", action="store_true",
+                        help="write no heatmap PNGs (probabilities and boxes only)")
+    parser.add_argument("--skip-unreadable", "--skip_unreadable", dest="skip_unreadable", action="store_true",
+                        help="log and skip files that cannot be read (e.g. DICOM reports without pixels) "
+                             "instead of stopping at the first")
+    parser.add_argument("--device", default="auto", help="auto, cpu, gpu or gpu:N")
+    parser.add_argument("--quiet", action="store_true", help="do not print the table of probabilities")
+    return parser
+
+
+def check_box_arguments(args: argparse.Namespace) -> None:
+    """The checks ``tools/predict.py`` and ``tools/localize_eval.py`` share, made before any work."""
+    from paddle_chexnet.errors import UserError
+
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if not 0.0 <= args.box_threshold <= 1.0:
+        raise UserError(f"--box-threshold must be in [0, 1] (a fraction of the map's maximum), got "
+                        f"{args.box_threshold}")
+    if args.layer is not None and args.method == "cam":
+        raise UserError("--layer applies to --cam gradcam and gradcampp; CAM uses the last feature map")
+
+
+def run(args: argparse.Namespace):
+    from tqdm import tqdm
+
+    from paddle_chexnet.data.images import list_images
+    from paddle_chexnet.localization.cam import resolve_layer
+    from paddle_chexnet.localization.predict import (
+        PredictOptions,
+        predict,
+        read_thresholds,
+    )
+    from paddle_chexnet.models.loading import load_network, network_spec
+    from paddle_chexnet.utils.device import prepare_device
+    from paddle_chexnet.utils.io import ensure_output_dir
+
+    check_box_arguments(args)
+    spec = network_spec(args.weights)  # the weights' classes, to check thresholds before anything is loaded
+    thresholds = read_thresholds(args.threshold, spec.class_names)
+    list_images(args.input)
+    ensure_output_dir(args.output_dir)
+    device = prepare_device(args.device)
+    net = load_network(args.weights)
+    options = PredictOptions(
+        method=args.method,
+        thresholds=thresholds,
+        box_threshold=args.box_threshold,
+        resize=args.resize,
+        crop=args.crop or None,
+        batch_size=args.batch_size,
+        max_boxes=args.max_boxes,
+        min_box_area=args.min_box_area,
+        layer=None if args.layer is None else resolve_layer(net, args.layer),
+        overlays=not args.no_overlays,
+        alpha=args.alpha,
+        skip_unreadable=args.skip_unreadable,
+    )
+    logger.info("weights %s (%s) on %s, %s heatmaps", args.weights, spec.arch, device, args.method)
+    result = predict(net, args.input, args.output_dir, options,
+                     progress_factory=lambda total: tqdm(total=total, unit="img", disable=None))
+    if not args.quiet:
+        print(result.files["predictions_txt"].read_text(encoding="utf-8"), end="")
+    logger.info("%d image(s), %d overlay(s), %d box(es); results in %s", len(result.predictions),
+                len(result.overlays), sum(len(b) for b in result.boxes.values()), args.output_dir)
+    if result.skipped:
+        logger.warning("%d unreadable file(s) skipped: %s", len(result.skipped),
+                       ", ".join(str(p) for p in result.skipped[:5]))
+    return result
+
+
+def main(args: argparse.Namespace) -> int:
+    run(args)
+    return 0
+
+
+def entry(argv: Sequence[str] | None = None) -> int:
+    return run_command(get_args_parser, main, argv)

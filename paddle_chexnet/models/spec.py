@@ -1,0 +1,120 @@
+"""What a weights file is: the ``ModelSpec`` stored in its JSON sidecar.
+
+Every ``.pdparams`` the project writes has a JSON file of the same name beside
+it (``best.pdparams`` / ``best.json``, ``model.pdparams`` / ``model.json``),
+holding under the key ``"model"`` the architecture, its options, the pooling,
+the task and the class names: everything :func:`~paddle_chexnet.models.loading.load_network`
+needs to rebuild the network without flags. Thresholds and calibration
+temperatures that evaluation fits are stored there too.
+
+Sidecars of earlier versions (training checkpoints with only ``"config"`` and
+``"class_names"``, conversion sidecars with ``"num_classes"`` and
+``"class_names"``) are still read; weights without any sidecar are recognised
+from their keys where the family allows it (DenseNets).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+SPEC_KEY = "model"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything that rebuilds a network, and what its outputs mean.
+
+    Attributes:
+        arch (str): the registered architecture.
+        num_classes (int): outputs.
+        class_names (tuple[str, ...]): one name per output.
+        pooling (str): the global pooling. Default: 'avg'.
+        task (str, optional): the task the outputs belong to. Default: None.
+        options (dict): architecture hyper-parameters beyond the registered defaults. Default: {}.
+        thresholds (dict[str, float], optional): a decision threshold per output. Default: None.
+        threshold_rule (str, optional): how the thresholds were chosen (``'youden'`` ...). Default: None.
+        temperatures (dict[str, float], optional): per-output temperature scaling of the logits. Default: None.
+    """
+
+    arch: str
+    num_classes: int
+    class_names: tuple[str, ...]
+    pooling: str = "avg"
+    task: str | None = None
+    options: dict = field(default_factory=dict)
+    thresholds: dict | None = None
+    threshold_rule: str | None = None
+    temperatures: dict | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "class_names", tuple(self.class_names))
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(f"the spec names {len(self.class_names)} classes for {self.num_classes} outputs")
+
+    def to_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["class_names"] = list(self.class_names)
+        values["options"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.options.items()}
+        return values
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], source: str = "sidecar") -> ModelSpec:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown model field(s) {', '.join(unknown)}")
+        try:
+            options = {k: (tuple(v) if isinstance(v, list) else v) for k, v in dict(values.get("options") or {}).items()}
+            return cls(**{**values, "options": options, "num_classes": int(values["num_classes"]),
+                          "class_names": tuple(values["class_names"])})
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"{source}: the model record is incomplete ({exc}); expected arch, num_classes, "
+                             "class_names") from None
+
+    def with_updates(self, **changes: Any) -> ModelSpec:
+        return replace(self, **changes)
+
+
+def sidecar_path(weights: str | Path) -> Path:
+    """The JSON beside a weights file: ``best.pdparams`` -> ``best.json``."""
+    return Path(weights).with_suffix(".json")
+
+
+def read_sidecar(weights: str | Path) -> dict[str, Any] | None:
+    """The sidecar's JSON, or ``None`` when there is none; a ``ValueError`` names a malformed one."""
+    path = sidecar_path(weights)
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg}); delete or repair it") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return record
+
+
+def spec_from_record(record: Mapping[str, Any], source: str) -> ModelSpec | None:
+    """The spec in a sidecar record, this version's or an earlier one's; ``None`` if it holds none."""
+    if isinstance(record.get(SPEC_KEY), Mapping):
+        return ModelSpec.from_dict(record[SPEC_KEY], source)
+    names = record.get("class_names")
+    config = record.get("config")
+    if isinstance(config, Mapping) and config.get("arch") and names:
+        # a training checkpoint of an earlier version
+        return ModelSpec(arch=str(config["arch"]), num_classes=len(names), class_names=tuple(names))
+    return None
+
+
+def read_spec(weights: str | Path) -> ModelSpec | None:
+    """The :class:`ModelSpec` of a weights file from its sidecar, or ``None`` when the sidecar has none."""
+    record = read_sidecar(weights)
+    return None if record is None else spec_from_record(record, str(sidecar_path(weights)))
+
+
+def spec_record(spec: ModelSpec) -> dict[str, Any]:
+    """``{"model": spec}``, to merge into a sidecar."""
+    return {SPEC_KEY: spec.to_dict()}
