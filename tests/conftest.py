@@ -22,6 +22,13 @@ from paddle_chexnet.cpu.runtime import use_fast_mkl_on_amd  # noqa: E402
 use_fast_mkl_on_amd()
 
 
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment for running a command as a user would: this checkout's package first on the path."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
+    env.update(extra)
+    return env
+
+
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:
     """The 200 real ChestX-ray14 images; skips the test when ../shared/data is absent."""

@@ -1,6 +1,6 @@
 """Run by tests/test_distributed.py under ``python -m paddle.distributed.launch --nproc_per_node 2``.
 
-Usage: distributed_worker.py CONFIG_JSON OUT_DIR. Trains with run_training and
+Usage: distributed_worker.py CONFIG_JSON OUT_DIR (with this checkout on PYTHONPATH). Trains with run_training and
 saves this rank's parameters (and BatchNorm buffers) to OUT_DIR/rank{r}.pdparams.
 """
 from __future__ import annotations
@@ -11,10 +11,8 @@ from pathlib import Path
 
 import paddle
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from paddle_chexnet.engine.config import TrainConfig
-from paddle_chexnet.engine.trainer import run_training  # noqa: E402
+from paddle_chexnet.engine.trainer import run_training
 
 
 def main(config_path: str, out_dir: str) -> None:

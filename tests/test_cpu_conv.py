@@ -11,9 +11,8 @@ import paddle.nn.functional as F
 import pytest
 
 from paddle_chexnet.cpu import fold as cpu_fold
-from paddle_chexnet.cpu import layers as cpu_conv
 from paddle_chexnet.cpu.fold import conv3x3_fold, fold_path_applies
-from paddle_chexnet.cpu.layers import Conv3x3
+from paddle_chexnet.cpu.layers import Conv3x3, use_cpu_training_layers
 from paddle_chexnet.models.densenet import DenseNet
 
 
@@ -74,6 +73,7 @@ def test_densenet_training_step_same_with_and_without_the_fold_path(monkeypatch)
         monkeypatch.setattr(cpu_fold, "MIN_PIXELS", 32 * 32 if fold else 1 << 30)
         paddle.seed(3)
         net = DenseNet(growth_rate=4, block_config=(2, 2), num_init_features=8, bn_size=2, num_classes=3)
+        assert use_cpu_training_layers(net) == {"Conv3x3": 4}  # kernels off: only the fold path's layers
         x = paddle.to_tensor(np.random.default_rng(0).normal(size=(2, 3, 128, 128)).astype("float32"))
         net(x).square().mean().backward()
         return {n: p.grad.numpy() for n, p in net.named_parameters() if p.grad is not None}

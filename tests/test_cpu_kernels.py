@@ -9,6 +9,7 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 import pytest
+from conftest import cli_env
 
 from paddle_chexnet.cpu import kernels as kernels_module
 from paddle_chexnet.cpu import runtime as cpu_runtime
@@ -18,6 +19,7 @@ from paddle_chexnet.cpu.kernels import (
     cpu_kernels,
     kernels_enabled,
 )
+from paddle_chexnet.cpu.layers import use_cpu_training_layers, use_plain_layers
 from paddle_chexnet.cpu.ops import (
     batch_norm_relu,
     batch_norm_relu_pool,
@@ -298,6 +300,7 @@ def test_densenet_training_step_same_with_and_without_the_kernels(monkeypatch):
         monkeypatch.setenv("PADDLE_CHEXNET_CPU_KERNELS", "1" if enabled else "0")
         paddle.seed(3)
         net = DenseNet(growth_rate=4, block_config=(2, 2), num_init_features=8, bn_size=2, num_classes=3)
+        use_cpu_training_layers(net)
         net.train()
         x = paddle.to_tensor(np.random.default_rng(0).normal(size=(3, 3, 64, 64)).astype("float32"))
         net(x).square().mean().backward()
@@ -332,6 +335,44 @@ def test_densenet_training_step_same_with_and_without_the_kernels(monkeypatch):
     for name in plain:
         scale = overall if name.startswith("grad") else 1.0
         np.testing.assert_allclose(fused[name], plain[name], rtol=1e-3, atol=1e-5 * scale, err_msg=name)
+
+
+@needs_kernels
+def test_the_swap_keeps_every_parameter_and_is_undone():
+    """Swapped layers are the same objects with the same state dict; the plain network comes back exactly."""
+    paddle.seed(1)
+    net = DenseNet(growth_rate=4, block_config=(2, 2), num_init_features=8, bn_size=2, num_classes=3)
+    before = {k: v.numpy().copy() for k, v in net.state_dict().items()}
+    parameters = [id(p) for p in net.parameters()]
+    classes = [type(layer) for layer in net.sublayers()]
+    swapped = use_cpu_training_layers(net)
+    assert swapped == {"FusingSequential": 1, "ThreadedConv2D": 1, "ThreadedMaxPool2D": 1, "CpuDenseBlock": 2,
+                       "CpuDenseLayer": 4, "Conv3x3": 4, "CpuTransition": 1}
+    assert [id(p) for p in net.parameters()] == parameters
+    assert list(net.state_dict()) == list(before)
+    use_plain_layers(net)
+    assert [type(layer) for layer in net.sublayers()] == classes
+    for key, value in net.state_dict().items():
+        np.testing.assert_array_equal(value.numpy(), before[key])
+
+
+def test_models_import_nothing_of_the_cpu_package():
+    """The boundary: the networks are pure Paddle; the CPU layers are swapped in from outside."""
+    import subprocess
+    import sys
+
+    code = ("import sys, paddle_chexnet.models as m, paddle_chexnet.models.densenet, paddle_chexnet.models.loading;"
+            "m.build_network('tiny'); print(sorted(n for n in sys.modules if n.startswith('paddle_chexnet.cpu')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=cli_env())
+    assert out.stdout.strip() == "[]"
+    import ast
+    from pathlib import Path
+
+    for source in (Path(__file__).resolve().parents[1] / "paddle_chexnet" / "models").glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n.startswith("paddle_chexnet.cpu") for n in names), (source, names)
 
 
 def test_a_failed_build_says_why_and_training_falls_back(tmp_path, monkeypatch, caplog):

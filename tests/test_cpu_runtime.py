@@ -78,12 +78,36 @@ def test_fast_mkl_only_on_amd_and_never_over_the_users_value():
     assert environ == {MKL_CPU_TYPE_VARIABLE: "2"}
 
 
+def test_importing_the_package_sets_nothing_reads_nothing_prints_nothing():
+    """``import paddle_chexnet`` (and reading CLASS_NAMES) leaves the environment, files and output alone."""
+    code = (
+        "import builtins, io, os, sys\n"
+        "opened = []\n"
+        "real_open, real_io_open = builtins.open, io.open\n"
+        "builtins.open = lambda f, *a, **k: (opened.append(str(f)), real_open(f, *a, **k))[1]\n"
+        "before = dict(os.environ)\n"
+        "import paddle_chexnet\n"
+        "names = paddle_chexnet.CLASS_NAMES\n"
+        "builtins.open = real_open\n"
+        "print(len(names), dict(os.environ) == before, 'paddle' in sys.modules, "
+        "[f for f in opened if not f.endswith(('.py', '.pyc'))])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != MKL_CPU_TYPE_VARIABLE}
+    env["PYTHONPATH"] = str(REPO)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "14 True False []"
+    assert out.stderr == ""
+
+
 def test_the_chosen_mkl_path_runs_and_multiplies_correctly_here():
     """Whatever this machine's processor makes the package choose, MKL runs it and gets products right."""
     code = (
         "import os\n"
         "import numpy as np\n"
-        "import paddle_chexnet, paddle\n"
+        "from paddle_chexnet.cpu.runtime import configure_cpu\n"
+        "configure_cpu()\n"
+        "import paddle\n"
         "rng = np.random.default_rng(0)\n"
         "a = rng.standard_normal((128, 512)).astype('float32')\n"
         "b = rng.standard_normal((512, 3136)).astype('float32')\n"

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import cli_env
 
 from paddle_chexnet.data.synthetic import make_dataset
 from paddle_chexnet.engine.config import TrainConfig
@@ -60,11 +61,8 @@ def test_demo_config_is_a_valid_train_config(tmp_path):
 
 def test_generator_cli_defaults_are_make_dataset_defaults():
     """``python tools/make_synthetic.py`` without flags writes the set the demo config expects."""
-    sys.path.insert(0, str(REPO_ROOT / "tools"))
-    try:
-        import make_synthetic
-    finally:
-        sys.path.remove(str(REPO_ROOT / "tools"))
+    from paddle_chexnet.cli import make_synthetic
+
     args = make_synthetic.get_args_parser().parse_args([])
     signature = inspect.signature(make_dataset).parameters
     for name in ("num_images", "image_size", "seed", "val_fraction", "test_fraction"):
@@ -103,7 +101,7 @@ def test_demo_training_learns_the_synthetic_findings(tmp_path):
 @pytest.mark.slow
 def test_readme_quickstart_commands_run(tmp_path):
     """Run the README's three commands, with the demo and output folders moved into tmp_path."""
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    env = cli_env(OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
     for command in _quickstart_commands():
         for folder in ("demo/", "outputs/", "logs/"):
             command = command.replace(f" {folder}", f" {tmp_path}/{folder}")

@@ -26,6 +26,7 @@ import numpy as np
 import paddle
 import pytest
 
+from paddle_chexnet.cpu.layers import use_cpu_training_layers
 from paddle_chexnet.data.labels import CLASS_NAMES
 from paddle_chexnet.data.sampling import SeededBatchSampler
 from paddle_chexnet.engine.config import TrainConfig
@@ -75,6 +76,7 @@ def single_process_step(config: TrainConfig) -> tuple[paddle.nn.Layer, dict[str,
     seed_everything(config.seed)
     train_set, _ = build_datasets(config)
     net = build_network(config, len(CLASS_NAMES), CLASS_NAMES)
+    use_cpu_training_layers(net)  # as the trainer does on the CPU: the kernels' rounding in both
     optimizer = build_optimizer("adam", net.parameters(), build_scheduler("constant", config.lr))
     loss_fn = make_loss("none")
     train_set.set_epoch(0)

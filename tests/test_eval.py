@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -10,9 +9,12 @@ from pathlib import Path
 import numpy as np
 import paddle
 import pytest
+from conftest import cli_env
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
+from paddle_chexnet.cli import evaluate as eval_script  # what eval.py runs
+from paddle_chexnet.cli import make_label_lists
 from paddle_chexnet.data.datasets import ChestXray14Dataset
 from paddle_chexnet.data.images import read_xray
 from paddle_chexnet.data.label_lists import read_label_list
@@ -27,14 +29,6 @@ REPO = Path(__file__).resolve().parents[1]
 C = len(CLASS_NAMES)
 
 
-def _load_script(relative: str):
-    spec = importlib.util.spec_from_file_location(Path(relative).stem + "_under_test", REPO / relative)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-eval_script = _load_script("eval.py")
 
 
 def _make_dataset(root: Path, n: int = 12, nested: bool = True, seed: int = 0) -> tuple[Path, Path]:
@@ -156,7 +150,7 @@ def weights(tmp_path_factory) -> Path:
 
 
 def _run_eval(*argv: str):
-    return eval_script.main(eval_script.get_args_parser().parse_args(list(argv)))
+    return eval_script.run(eval_script.get_args_parser().parse_args(list(argv)))
 
 
 def test_eval_script_end_to_end_both_backends_agree(tmp_path, weights):
@@ -201,7 +195,7 @@ def test_eval_script_command_line_reports_errors(tmp_path):
     (tmp_path / "x.pdparams").write_bytes(b"never read: the label list fails first")
     proc = subprocess.run([sys.executable, str(REPO / "eval.py"), "--data_dir", str(tmp_path / "d"),
                            "--label_list", str(bad), "--weights", "x.pdparams"],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path, env=cli_env())
     assert proc.returncode == 1
     assert "bad.txt line 1: expected 14 values after the image name, got 2" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -243,8 +237,6 @@ def test_real_sample_ten_crop_all_200(tmp_path, sample_dir, weights):
 
 # ------------------------------------------------------------------ tools/make_label_lists.py
 
-make_label_lists = _load_script("tools/make_label_lists.py")
-
 
 def test_make_label_lists_generated(tmp_path, capsys):
     header = "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position\n"
@@ -263,8 +255,8 @@ def test_make_label_lists_generated(tmp_path, capsys):
         "--test-list", str(tmp_path / "test_list.txt"), "--output-dir", str(tmp_path / "labels"),
         "--val-fraction", "0.2", "--seed", "3",
     ])
-    written = make_label_lists.main(args)
-    lists = {k: read_label_list(v) for k, v in written.items()}
+    assert make_label_lists.main(args) == 0
+    lists = {k: read_label_list(tmp_path / "labels" / f"{k}_list.txt") for k in ("train", "val", "test")}
     assert lists["test"].names == test
     patients = {k: {n[:8] for n in v.names} for k, v in lists.items()}
     assert not patients["train"] & patients["val"] and not patients["val"] & patients["test"]
@@ -283,8 +275,8 @@ def test_make_label_lists_real_meta(tmp_path, meta_dir):
         "--train-val-list", str(meta_dir / "train_val_list.txt"), "--test-list", str(meta_dir / "test_list.txt"),
         "--output-dir", str(tmp_path),
     ])
-    written = make_label_lists.main(args)
-    sizes = {k: len(read_label_list(v)) for k, v in written.items()}
+    assert make_label_lists.main(args) == 0
+    sizes = {k: len(read_label_list(tmp_path / f"{k}_list.txt")) for k in ("train", "val", "test")}
     assert sizes["test"] == 25596 and sizes["train"] + sizes["val"] == 86524
 
 
@@ -297,7 +289,7 @@ def test_eval_script_exits_cleanly_with_worker_processes(tmp_path, weights, proc
     proc = subprocess.run([sys.executable, str(REPO / "eval.py"), "--data-dir", str(tmp_path / "d"),
                            "--weights", str(weights), "--resize", "40", "--crop", "32", "--crops", "center",
                            "--num-workers", "1", "--processes", processes, "--no-progress", "--no-plot",
-                           "--output-dir", str(tmp_path / "out")],
+                           "--output-dir", str(tmp_path / "out")], env=cli_env(),
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "FatalError" not in proc.stderr and "SIGTERM" not in proc.stderr

@@ -105,11 +105,16 @@ def test_export_cache_reused_and_keyed_by_content(chexnet_weights, tmp_path, mon
 
 
 def test_default_cache_dir_env(monkeypatch, tmp_path):
+    from paddle_chexnet.cpu.kernels import build_directory
+
+    monkeypatch.delenv("PADDLE_CHEXNET_KERNEL_DIR", raising=False)
     monkeypatch.setenv("PADDLE_CHEXNET_CACHE", str(tmp_path / "c"))
-    assert default_cache_dir() == tmp_path / "c"
+    assert default_cache_dir() == tmp_path / "c" / "exports"
+    assert build_directory() == tmp_path / "c" / "kernels"  # one cache root for both
     monkeypatch.delenv("PADDLE_CHEXNET_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
-    assert default_cache_dir() == tmp_path / "x" / "paddle_chexnet"
+    assert default_cache_dir() == tmp_path / "x" / "paddle_chexnet" / "exports"
+    assert build_directory() == tmp_path / "x" / "paddle_chexnet" / "kernels"
 
 
 def test_load_predictor_errors(tmp_path, chexnet_weights):

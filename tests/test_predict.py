@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from paddle_chexnet import CLASS_NAMES, DenseNet, densenet121
+from paddle_chexnet.data.images import list_images
 from paddle_chexnet.localization.boxes import Box, read_localization_txt
 from paddle_chexnet.localization.cam import class_activation_maps
-from paddle_chexnet.data.images import list_images
 from paddle_chexnet.localization.predict import (
     format_prediction_table,
     iter_heatmaps,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import cli_env
 from PIL import Image
 
 from paddle_chexnet.data.label_lists import read_label_list
@@ -196,7 +197,7 @@ def test_command_line_writes_the_set(tmp_path):
     completed = subprocess.run(
         [sys.executable, str(REPO_ROOT / "tools" / "make_synthetic.py"), "--output-dir", str(out),
          "--num-images", "12", "--image_size", "64", "--seed", "3"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, env=cli_env(),
     )
     assert completed.returncode == 0, completed.stderr
     assert len(list((out / "images").glob("*.png"))) == 12
@@ -205,7 +206,7 @@ def test_command_line_writes_the_set(tmp_path):
     bad = subprocess.run(
         [sys.executable, str(REPO_ROOT / "tools" / "make_synthetic.py"), "--output-dir", str(out),
          "--val-fraction", "0.7", "--test-fraction", "0.5"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, env=cli_env(),
     )
     assert bad.returncode == 1
     assert "val_fraction (0.7)" in bad.stderr and "Traceback" not in bad.stderr

@@ -195,7 +195,10 @@ def test_class_weighted_training_runs_and_is_finite(data_dir: Path, tmp_path: Pa
 def test_offline_imagenet_download_names_the_local_alternative(monkeypatch: pytest.MonkeyPatch) -> None:
     import paddle.utils.download as download
 
-    from paddle_chexnet.conversion.pretrained import PretrainedDownloadError, download_imagenet_weights
+    from paddle_chexnet.conversion.pretrained import (
+        PretrainedDownloadError,
+        download_imagenet_weights,
+    )
 
     def offline(url, md5sum=None):
         raise OSError("Network is unreachable")

@@ -7,7 +7,6 @@ ones when ../shared/data is absent.
 """
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
@@ -36,10 +35,10 @@ pytestmark = pytest.mark.torch
 
 
 def _load_tool():
-    spec = importlib.util.spec_from_file_location("convert_torch_tool", REPO_ROOT / "tools" / "convert_torch.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The command behind tools/convert_torch.py."""
+    from paddle_chexnet.cli import convert_torch
+
+    return convert_torch
 
 
 def _write_generated_xrays(folder: Path, count: int, seed: int) -> list[Path]:

@@ -28,16 +28,29 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Show defaults, except ``None`` (the help then says what happens) and ``False`` of switches."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in (action.help or ""):
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS \
+                or "%(default)" in (action.help or ""):
             return action.help or ""
         return super()._get_help_string(action)
 
 
+# the handler ``import paddle`` puts on the root logger (paddle/base/log_helper.py), recognised by its format
+_PADDLE_LOG_FORMAT = "[%(asctime)-15s] [%(levelname)8s] %(filename)s:%(lineno)s - %(message)s"
+
+
 def setup_logging(verbose: bool = False, main_process: bool = True) -> None:
-    """One format for every command; other ranks of a distributed run log warnings only."""
+    """One format for every command; other ranks of a distributed run log warnings only.
+
+    Paddle adds a handler with its own format to the root logger when it is imported; it is
+    replaced, so a command's errors read as one plain line. Other handlers (a test's) are kept.
+    """
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler.formatter, "_fmt", None) == _PADDLE_LOG_FORMAT:
+            root.removeHandler(handler)
     level = logging.DEBUG if verbose else (logging.INFO if main_process else logging.WARNING)
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
-                        force=True)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    root.setLevel(level)
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
@@ -65,8 +78,7 @@ def run_command(
             used" (exit code 2), besides :class:`UnusableFileError`. Default: ().
     """
     args = get_args_parser().parse_args(argv)
-    if not logging.getLogger().handlers:
-        setup_logging(getattr(args, "verbose", False))
+    setup_logging(getattr(args, "verbose", False))
     try:
         code = main(args)
     except KeyboardInterrupt:

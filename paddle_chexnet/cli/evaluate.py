@@ -22,7 +22,6 @@ logger = logging.getLogger("paddle_chexnet.eval")
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="eval.py",
         description="Per-finding AUROC of a CheXNet on ChestX-ray14 (ten-crop by default).",
         formatter_class=HelpFormatter,
     )

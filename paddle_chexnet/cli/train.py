@@ -25,7 +25,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     from paddle_chexnet.engine.config import add_config_arguments
 
     parser = argparse.ArgumentParser(
-        prog="train.py",
         description="Train CheXNet with paddle.Model (defaults follow the paper: DenseNet-121, Adam 1e-3, batch 16, "
                     "lr / 10 on a validation-loss plateau).",
         formatter_class=HelpFormatter,

@@ -89,6 +89,8 @@ class ThreadedConv2D(nn.Conv2D):
                  weight_attr=None) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
                          weight_attr=weight_attr, bias_attr=False)
+        _square(stride, "stride")
+        _square(padding, "padding")
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         if self._data_format == "NCHW" and kernels_apply(x, self.weight):

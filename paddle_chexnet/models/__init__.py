@@ -6,7 +6,7 @@
 * :class:`DenseNet`, :func:`chexnet`, :func:`densenet121` (``densenet``); :class:`WithSigmoid` (``base``).
 * :func:`check_state_dict`, :func:`read_state_dict`, :class:`StateDictMismatchError` (``state_dict``).
 
-Nothing here imports :mod:`paddle_chexnet.cpu`: faster CPU-training layers are swapped in from outside.
+Nothing here imports the CPU package: faster CPU-training layers are swapped in from outside.
 """
 from __future__ import annotations
 
