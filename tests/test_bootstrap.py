@@ -271,3 +271,18 @@ def test_grouping_on_chexpert_metadata(meta_dir):
     codes, n_patients = group_codes(paths)
     assert n_patients == len({p.split("/")[2] for p in paths})
     assert len(paths) > n_patients  # several views per patient
+
+
+def test_csv_rows_and_table():
+    rng = np.random.default_rng(8)
+    labels, scores, groups = make_set(rng, rare=True)
+    result = bootstrap_auroc(labels, scores, Resampler(groups, 50, seed=0), class_names=["Aa", "Bb", "Cc", "Dd"],
+                             unit="patient")
+    rows = result.csv_rows()
+    assert rows[0] == ["label", "auc", "ci_low", "ci_high"] and [r[0] for r in rows[1:]] == ["Aa", "Bb", "Cc", "Dd",
+                                                                                            "Mean"]
+    assert float(rows[1][2]) == pytest.approx(result.ci_low[0], abs=1e-6)
+    assert float(rows[-1][1]) == pytest.approx(result.mean, abs=1e-6)
+    table = result.table()
+    assert "95% CI" in table and "50 resamples of patients" in table
+    assert f"Dd {result.skipped[-1]}" in table  # the rare class's skipped resamples are reported

@@ -218,3 +218,15 @@ def test_operating_points_csv(tmp_path):
     row = dict(zip(header, operating_points_csv(no_ci).splitlines()[1].split(",")))
     assert row["sensitivity_ci_low"] == "" and row["sensitivity"] != ""
     assert json.dumps(points.to_dict())  # JSON-ready
+
+
+def test_thresholds_from_a_sidecar_dict():
+    from paddle_chexnet.evaluation.operating_points import thresholds_from_dict
+
+    labels, probs = _val_set(np.random.default_rng(5))
+    choice = choose_thresholds(labels, probs, "f1")
+    thresholds, rule = thresholds_from_dict(choice.to_dict())
+    np.testing.assert_array_equal(thresholds, choice.thresholds)
+    assert rule == "f1"
+    with pytest.raises(ValueError, match="^sidecar: no threshold"):
+        thresholds_from_dict({"thresholds": {"Atelectasis": 0.5}}, where="sidecar")

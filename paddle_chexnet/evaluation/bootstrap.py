@@ -195,6 +195,40 @@ class BootstrapResult(BootstrapSummary):
         out.update(unit=self.unit, seed=self.seed)
         return out
 
+    def csv_rows(self) -> list[list[str]]:
+        """``aucs.csv`` rows: ``label, auc, ci_low, ci_high``, one per class, then ``Mean`` ("nan" where undefined)."""
+        def fmt(value: float) -> str:
+            return "nan" if math.isnan(value) else f"{value:.6f}"
+
+        rows = [["label", "auc", "ci_low", "ci_high"]]
+        rows += [[name, fmt(self.estimate[c]), fmt(self.ci_low[c]), fmt(self.ci_high[c])]
+                 for c, name in enumerate(self.class_names)]
+        rows.append(["Mean", fmt(self.mean), fmt(self.mean_ci_low), fmt(self.mean_ci_high)])
+        return rows
+
+    def table(self) -> str:
+        """The printed table: the average with its interval first, then one line per finding."""
+        width = max(len(name) for name in (*self.class_names, "Mean"))
+        level = f"{self.level * 100:g}%"
+
+        def cells(value: float, low: float, high: float) -> str:
+            if math.isnan(value):
+                return "   n/a"
+            return f"{value:.4f}" + ("" if math.isnan(low) else f"  [{low:.4f}, {high:.4f}]")
+
+        lines = [f"The average AUROC is {self.mean:.3f} ({level} CI {self.mean_ci_low:.3f}-{self.mean_ci_high:.3f}; "
+                 f"over {self.n_used} of {len(self.class_names)} classes; {self.n_resamples} resamples of "
+                 f"{self.unit}s)"]
+        lines += [f"{'Finding':<{width}}  AUROC   {level} CI", f"{'-' * width}  ------  ----------------"]
+        lines += [f"{name:<{width}}  {cells(self.estimate[c], self.ci_low[c], self.ci_high[c])}"
+                  for c, name in enumerate(self.class_names)]
+        lines.append(f"{'-' * width}  ------  ----------------")
+        lines.append(f"{'Mean':<{width}}  {cells(self.mean, self.mean_ci_low, self.mean_ci_high)}")
+        skipped = [f"{n} {int(s)}" for n, s in zip(self.class_names, self.skipped) if s and s < self.n_resamples]
+        if skipped:
+            lines.append(f"resamples skipped (one label value): {', '.join(skipped)}; mean {self.mean_skipped}")
+        return "\n".join(lines)
+
 
 @dataclass
 class PairedBootstrapResult:

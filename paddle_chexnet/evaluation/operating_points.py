@@ -270,12 +270,23 @@ def read_thresholds_file(path: str | Path, class_names: Sequence[str] = CLASS_NA
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    return thresholds_from_dict(data, class_names, str(path))
+
+
+def thresholds_from_dict(
+    data: object, class_names: Sequence[str] = CLASS_NAMES, where: str = "thresholds"
+) -> tuple[np.ndarray, str]:
+    """Thresholds and rule from the object :meth:`ThresholdChoice.to_dict` made (a file's or a sidecar's).
+
+    Raises:
+        ValueError: a value outside [0, 1], an unknown or missing finding; the message starts with ``where``.
+    """
     rule = "unknown"
     if isinstance(data, dict) and isinstance(data.get("thresholds"), dict):
         rule = str(data.get("rule", rule))
         data = data["thresholds"]
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected an object {{\"rule\": ..., \"thresholds\": {{finding: value}}}}")
+        raise ValueError(f"{where}: expected an object {{\"rule\": ..., \"thresholds\": {{finding: value}}}}")
     names = tuple(class_names)
     chosen: dict[str, float] = {}
     for key, raw in data.items():
@@ -284,13 +295,13 @@ def read_thresholds_file(path: str | Path, class_names: Sequence[str] = CLASS_NA
         except KeyError:
             name = None
         if name not in names:
-            raise ValueError(f"{path}: unknown finding {key!r}; expected {', '.join(names)}")
+            raise ValueError(f"{where}: unknown finding {key!r}; expected {', '.join(names)}")
         if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0.0 <= float(raw) <= 1.0:
-            raise ValueError(f"{path}: threshold of {key} must be a number in [0, 1], got {raw!r}")
+            raise ValueError(f"{where}: threshold of {key} must be a number in [0, 1], got {raw!r}")
         chosen[name] = float(raw)
     missing = [n for n in names if n not in chosen]
     if missing:
-        raise ValueError(f"{path}: no threshold for {', '.join(missing)}")
+        raise ValueError(f"{where}: no threshold for {', '.join(missing)}")
     return np.array([chosen[n] for n in names], dtype=np.float64), rule
 
 
