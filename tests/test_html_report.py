@@ -207,3 +207,14 @@ def test_report_renders_in_chromium_without_network(tmp_path, browser):
     assert len(band_area) == len(CLASSES) and min(band_area) > 100
     title = browser.evaluate("document.title", session)
     assert title == "Test <report>"
+
+
+def test_class_with_one_label_value_is_shown_as_not_available():
+    data = make_report_data()
+    data.labels[:, 2] = 0.0  # no positive left: AUROC, AP and the curves of this class are undefined
+    data.auroc = bootstrap_auroc(data.labels, data.scores, Resampler(np.arange(len(data.labels)), 20, seed=0),
+                                 CLASSES, warn=False)
+    page = render_report(data)
+    row = re.search(r'<tr class="class-row" data-label="Effusion">(.*?)</tr>', page).group(1)
+    assert row.count("n/a") == 2  # AUROC and AP
+    assert "Mean (3 of 4 classes)" in page

@@ -62,7 +62,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bootstrap-unit", choices=UNITS, default="patient",
                         help="resample patients (read from NIH or CheXpert names) or single images")
     parser.add_argument("--ci-level", type=float, default=DEFAULT_LEVEL, help="coverage of the interval")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the resamples")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the resamples (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing comparison in OUTPUT_DIR")
     parser.add_argument("--verbose", action="store_true", help="debug logging, tracebacks of errors")
     return parser
