@@ -26,6 +26,7 @@ Examples:
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -64,14 +65,7 @@ VIEWS: tuple[str, ...] = ("frontal", "all")
 UNCERTAINTY_POLICIES: tuple[str, ...] = ("ignore", "zeros", "ones")
 
 
-# U-Ones for Atelectasis and Edema, the two observations on which Irvin et al.
-# (CheXpert, AAAI 2019, Table 2) found mapping uncertain labels to positive best;
-# U-Zeros for Cardiomegaly, Consolidation and Pleural Effusion, as the
-# reproductions do: jfhealthcare/Chexpert (top of the CheXpert leaderboard) and
-# alinstein/X_RAY (Chexpert/data/dataset.py, a copy of it), and LibAUC's CheXpert
-# loader. The paper's best on those three were U-MultiClass / U-SelfTrained,
-# which change the training, not the labels. It names no choice for the other
-# nine observations, so the preset ignores (masks) their uncertain labels.
+# The 'paper' preset: see parse_uncertainty's docstring for where it comes from.
 UNCERTAINTY_PRESETS: Mapping[str, str] = {
     "paper": "ignore,Atelectasis=ones,Edema=ones,Cardiomegaly=zeros,Consolidation=zeros,Pleural Effusion=zeros",
 }
@@ -157,6 +151,16 @@ def parse_uncertainty(spec: str | UncertaintyPolicy,
     case-insensitively, with ``_`` for a space (``Pleural_Effusion``); ``U-Ones``
     is accepted for ``ones``. Items after a preset override its classes.
 
+    The preset ``paper`` is the CheXpert paper's choice as the reproductions
+    apply it: U-Ones for Atelectasis and Edema, the observations on which Irvin
+    et al. (CheXpert, AAAI 2019) found mapping uncertain labels to positive
+    helps, and U-Zeros for Cardiomegaly, Consolidation and Pleural Effusion, as
+    jfhealthcare/Chexpert (``data/dataset.py``), alinstein/X_RAY (its copy,
+    ``Chexpert/data/dataset.py``) and LibAUC's CheXpert loader do. The paper's
+    other approaches (U-SelfTrained, U-MultiClass) change the training, not the
+    labels, and are not offered. The paper makes no choice for the other nine
+    observations, so the preset ignores (masks) their uncertain labels.
+
     Args:
         spec (str | UncertaintyPolicy): the text (a policy is returned unchanged).
         class_names (Sequence[str], optional): the classes that may be named. Default: CHEXPERT_CLASSES.
@@ -237,9 +241,8 @@ class CheXpertTable:
     """A CheXpert CSV as read: one row per image, the observations as written.
 
     Attributes:
-        frame (pandas.DataFrame): ``Path``, ``Sex``, ``Age``, ``Frontal/Lateral``, ``AP/PA`` (strings),
-            ``line`` (the row's 1-based file line) and ``patient`` (``'patient00001'``, or ``''`` when
-            the path has no such folder).
+        frame (pandas.DataFrame): ``Path``, ``Sex``, ``Age``, ``Frontal/Lateral``, ``AP/PA`` (stripped
+            strings) and ``line`` (the row's 1-based file line).
         values (numpy.ndarray): float32 ``[N, 14]`` in CHEXPERT_CLASSES order: 1, 0, -1 as written,
             NaN where the cell is empty (not mentioned).
         source (str): the CSV path.
@@ -331,27 +334,74 @@ class CheXpertLabelList(LabelList):
         return CheXpertLabelList(names, self.labels[rows], self.class_names, self.source, lines=lines)
 
 
-def _read_records(path: Path) -> list[tuple[int, list[str]]]:
-    """``(line, fields)`` of every non-blank record, header included.
+def _blank(fields: Sequence[str]) -> bool:
+    return not any(cell.strip() for cell in fields)
 
-    The csv module tokenises, not pandas' reader: pandas fills the missing cells
-    of a short row with empty strings, which here would silently mean "not
-    mentioned", and the csv module gives each record's exact first line.
+
+def _cells_by_csv_module(path: Path, text: str) -> tuple[list[int], list[list[str]]]:
+    """``(line, fields)`` of every non-blank record (header included), by the csv module.
+
+    Used for files with quotes, where a field may span lines: the csv module
+    gives each record's exact first line.
     """
-    records = []
+    lines, records = [], []
+    reader = csv.reader(io.StringIO(text, newline=""))
+    line = 1
     try:
-        with open(path, encoding="utf-8-sig", newline="") as handle:
-            reader = csv.reader(handle)
-            line = 1
-            for fields in reader:
-                if fields and any(cell.strip() for cell in fields):
-                    records.append((line, fields))
-                line = reader.line_num + 1
-    except UnicodeDecodeError as exc:
-        raise CheXpertCSVError(f"{path}: not UTF-8 text ({exc}); is this a CheXpert CSV?") from None
+        for fields in reader:
+            if fields and not _blank(fields):
+                lines.append(line)
+                records.append(fields)
+            line = reader.line_num + 1
     except csv.Error as exc:
         raise CheXpertCSVError(f"{path} line {reader.line_num}: {exc}") from None
-    return records
+    return lines, records
+
+
+def _read_cells(path: Path) -> tuple[int, list[str], pd.DataFrame, np.ndarray]:
+    """The header's line and fields, the rows' cells (object strings) and each row's 1-based file line.
+
+    Stanford's CSVs have no quotes, so each line is a record: its fields are
+    counted from its commas, every row is checked to have the header's width,
+    and pandas' C reader (fast on 223,414 rows) tokenises. The count comes
+    first because pandas fills the missing cells of a short row with empty
+    strings, which here would silently mean "not mentioned". A file with quotes
+    goes through the csv module instead.
+    """
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise CheXpertCSVError(f"{path}: not UTF-8 text ({exc}); is this a CheXpert CSV?") from None
+    physical = text.split("\n")
+    if physical and physical[-1] == "":
+        physical.pop()
+    # quotes (a field may span lines) or old Mac line ends: let the csv module find the records
+    by_csv_module = '"' in text or "\r" in text.replace("\r\n", "\n")
+    if by_csv_module:
+        line_list, records = _cells_by_csv_module(path, text)
+        widths = [len(fields) for fields in records]
+    else:
+        line_list = [i for i, line in enumerate(physical, start=1) if line.strip()]
+        widths = [physical[i - 1].count(",") + 1 for i in line_list]
+    if not line_list:
+        raise CheXpertCSVError(f"{path}: empty file; expected Stanford's header {','.join(CSV_COLUMNS)}")
+    width = widths[0]
+    for line, count in zip(line_list[1:], widths[1:]):
+        if count != width:
+            raise CheXpertCSVError(
+                f"{path} line {line}: {count} fields, the header (line {line_list[0]}) has {width}; a short row "
+                "would leave observations empty (not mentioned), so every row must have every column"
+            )
+    if by_csv_module:
+        header, cells = records[0], pd.DataFrame(records[1:], columns=range(width), dtype=object)
+    else:
+        # skip_blank_lines=False: pandas' row i is file line i + 1
+        everything = pd.read_csv(io.StringIO(text), header=None, names=range(width), dtype=object, na_filter=False,
+                                 skip_blank_lines=False, quoting=csv.QUOTE_NONE)
+        rows = np.asarray(line_list) - 1
+        header = everything.iloc[rows[0]].tolist()
+        cells = everything.iloc[rows[1:]].reset_index(drop=True)
+    return line_list[0], [name.strip() for name in header], cells, np.asarray(line_list[1:], dtype=np.int64)
 
 
 def _check_header(path: Path, line: int, header: Sequence[str]) -> list[int]:
@@ -373,6 +423,17 @@ def _check_header(path: Path, line: int, header: Sequence[str]) -> list[int]:
             f"header ({','.join(CSV_COLUMNS)})"
         )
     return [list(header).index(name) for name in CSV_COLUMNS]
+
+
+def _label_value(text: str) -> float | None:
+    """1, 0, -1 or NaN (empty: not mentioned) for a stripped cell; ``None`` for anything else."""
+    if not text:
+        return float("nan")
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if number in _VALUES else None
 
 
 def _first(mask: np.ndarray) -> int | None:
@@ -407,57 +468,49 @@ def read_chexpert_csv(path: str | Path, views: str = "all") -> CheXpertTable:
         raise ValueError(f"views must be one of {', '.join(VIEWS)}, got {views!r}")
     if not path.is_file():
         raise FileNotFoundError(f"CheXpert CSV not found: {path}")
-    records = _read_records(path)
-    if not records:
-        raise CheXpertCSVError(f"{path}: empty file; expected Stanford's header {','.join(CSV_COLUMNS)}")
-    header_line, header = records[0]
-    header = [name.strip() for name in header]
+    header_line, header, cells, lines = _read_cells(path)
     order = _check_header(path, header_line, header)
-    width = len(header)
-    for line, fields in records[1:]:
-        if len(fields) != width:
-            raise CheXpertCSVError(
-                f"{path} line {line}: {len(fields)} fields, the header has {width}; a short row would leave "
-                "observations empty (not mentioned), so every row must have every column"
-            )
-    if len(records) == 1:
+    if not len(cells):
         raise CheXpertCSVError(f"{path}: a header and no rows")
-    cells = pd.DataFrame([fields for _, fields in records[1:]], dtype=str).iloc[:, order]
+    cells = cells.iloc[:, order]
     cells.columns = list(CSV_COLUMNS)
-    cells = cells.apply(lambda column: column.str.strip())
-    lines = np.array([line for line, _ in records[1:]], dtype=np.int64)
 
     def fail(row: int, column: str, message: str) -> CheXpertCSVError:
         return CheXpertCSVError(f"{path} line {lines[row]}, column {column!r}: {message}")
 
+    def factorized(column: str) -> tuple[np.ndarray, list[str]]:
+        # a column holds a handful of distinct strings: check those, not every cell
+        codes, uniques = pd.factorize(cells[column].to_numpy())
+        return codes, [str(u).strip() for u in uniques]
+
     values = np.empty((len(cells), len(CHEXPERT_CLASSES)), dtype=np.float32)
     for c, name in enumerate(CHEXPERT_CLASSES):
-        text = cells[name]
-        numbers = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64)
-        empty = (text == "").to_numpy()
-        bad = _first(~empty & ~np.isin(numbers, list(_VALUES)))
-        if bad is not None:
-            raise fail(bad, name, f"{text.iloc[bad]!r} is not a CheXpert label (1.0 positive, 0.0 negative, "
-                                  "-1.0 uncertain, or empty: not mentioned)")
-        values[:, c] = np.where(empty, np.nan, numbers)
-    view = cells["Frontal/Lateral"]
-    bad = _first(~view.isin(("Frontal", "Lateral")).to_numpy())
-    if bad is not None:
-        raise fail(bad, "Frontal/Lateral", f"{view.iloc[bad]!r} is neither 'Frontal' nor 'Lateral'")
-    paths = cells["Path"]
+        codes, uniques = factorized(name)
+        parsed = []
+        for code, text in enumerate(uniques):
+            number = _label_value(text)
+            if number is None:
+                raise fail(_first(codes == code), name, f"{text!r} is not a CheXpert label (1.0 positive, "
+                                                          "0.0 negative, -1.0 uncertain, or empty: not mentioned)")
+            parsed.append(number)
+        values[:, c] = np.asarray(parsed, dtype=np.float32)[codes]
+    codes, uniques = factorized("Frontal/Lateral")
+    for code, text in enumerate(uniques):
+        if text not in ("Frontal", "Lateral"):
+            raise fail(_first(codes == code), "Frontal/Lateral", f"{text!r} is neither 'Frontal' nor 'Lateral'")
+    frame = pd.DataFrame({"Path": [str(cell).strip() for cell in cells["Path"].to_numpy()]})
+    for column in META_COLUMNS[1:]:
+        codes, uniques = factorized(column)
+        frame[column] = np.asarray(uniques, dtype=object)[codes]
+    paths = frame["Path"]
     bad = _first((paths == "").to_numpy())
     if bad is not None:
         raise fail(bad, "Path", "empty; each row needs its image's path relative to the CheXpert root")
-    repeated = paths.duplicated(keep="first").to_numpy()
-    bad = _first(repeated)
+    bad = _first(paths.duplicated(keep="first").to_numpy())
     if bad is not None:
         first = int(lines[_first((paths == paths.iloc[bad]).to_numpy())])
         raise fail(bad, "Path", f"{paths.iloc[bad]} is listed twice (first on line {first})")
-    frame = cells[list(META_COLUMNS)].reset_index(drop=True)
     frame["line"] = lines
-    frame["patient"] = paths.str.extract(_PATIENT, expand=False).map(
-        lambda digits: f"patient{digits}" if isinstance(digits, str) else ""
-    ).to_numpy()
     return CheXpertTable(frame, values, str(path)).with_views(views)
 
 
@@ -575,10 +628,10 @@ def missing_images(root: str | Path, label_list: LabelList) -> list[int]:
     return [row for row, name in enumerate(label_list.names) if not (root / name).is_file()]
 
 
-def chexpert_image_paths(root: str | Path, label_list: LabelList) -> list[Path]:
-    """``ROOT/<Path>`` of every row (what an image cache or a predictor reads)."""
+def chexpert_image_paths(root: str | Path, rows: LabelList | CheXpertTable) -> list[Path]:
+    """``ROOT/<Path>`` of every row of a label list or a table (what an image cache or a predictor reads)."""
     root = Path(root)
-    return [root / name for name in label_list.names]
+    return [root / name for name in (rows.paths if isinstance(rows, CheXpertTable) else rows.names)]
 
 
 class CheXpertDataset(ChestXray14Dataset):
@@ -599,10 +652,16 @@ class CheXpertDataset(ChestXray14Dataset):
             :attr:`skipped`, with a warning) instead of raising. Default: False.
         reader (Callable, optional): path -> PIL image. Default: read_xray.
 
+    Attributes:
+        name_column (str): ``'Path'``, the header of the column that keys rows in outputs such as
+            ``preds.csv`` (the NIH dataset's rows are keyed by ``Image Index``).
+
     Raises:
         MissingImagesError: images are missing and ``skip_missing`` is False; the message names the
             CSV, the line and the column ``Path`` of the first, the count, and ``--skip-missing``.
     """
+
+    name_column = "Path"
 
     def __init__(
         self,

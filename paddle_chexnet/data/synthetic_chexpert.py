@@ -12,11 +12,14 @@ Patients have 1-3 studies; some studies add a lateral view. Labels are per
 study, as CheXpert's (both views of a study share them). Each of the 13
 observations other than "No Finding" is drawn with one of the lesion patterns
 of :mod:`paddle_chexnet.data.synthetic` (:data:`PATTERN_OF`), so a small
-network can learn them; "No Finding" is 1 when the study has no finding, positive
-or uncertain. In train.csv a finding is uncertain (``-1.0``) with probability
-``uncertain_fraction`` and an uncertain finding is drawn on the images of
-half the studies (so U-Zeros and U-Ones are each wrong about half of them, and
-``ignore`` is exact); negatives are mostly empty (not mentioned), some ``0.0``.
+network can learn them. In train.csv a finding is uncertain (``-1.0``) with
+probability ``uncertain_fraction`` and an uncertain finding is drawn on the
+images of half the studies (so U-Zeros and U-Ones are each wrong about half of
+them, and ``ignore`` is exact for the 13 findings); negatives are mostly empty
+(not mentioned), some ``0.0``. "No Finding" follows CheXpert's labeller: 1
+only when no finding is positive or uncertain (so it is 0 on a study whose
+only, uncertain, finding is not drawn; :attr:`CheXpertRecord.drawn` says
+nothing is drawn there).
 valid.csv, like Stanford's (labelled by radiologists), has only ``1.0`` and
 ``0.0`` unless ``valid_uncertain``.
 
