@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import csv
 import io
-import logging
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,9 +41,6 @@ from paddle_chexnet.data.images import read_xray
 from paddle_chexnet.data.label_lists import LabelList, LabelListError
 from paddle_chexnet.data.nih import split_by_patient
 from paddle_chexnet.data.tasks import CHEXPERT_CLASSES, Task, check_task, task_labels
-
-logger = logging.getLogger(__name__)
-
 
 CHEXPERT_FOLDERS: tuple[str, ...] = ("CheXpert-v1.0-small", "CheXpert-v1.0")
 
