@@ -11,7 +11,8 @@ computed once from the training labels:
 
 All losses take logits (the network's output) and are computed through
 ``log_sigmoid`` so that rare findings whose probabilities approach 0 or 1 stay
-finite.
+finite. NaN labels (unknown) are masked everywhere: in the loss (mean over
+the known entries) and in the counts behind both weightings.
 """
 from __future__ import annotations
 
@@ -30,12 +31,12 @@ CLASS_WEIGHTINGS = ("none", "pos_weight", "chexnet")
 
 
 def positive_counts(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-class positive and negative counts of a 0/1 ``[N, C]`` label array."""
+    """Per-class positive and negative counts of a 0/1 ``[N, C]`` label array; NaN (unknown) counts as neither."""
     labels = np.asarray(labels, dtype=np.float64)
     if labels.ndim != 2:
         raise ValueError(f"labels must be [N, C], got shape {list(labels.shape)}")
-    positives = labels.sum(axis=0)
-    return positives, labels.shape[0] - positives
+    positives = np.nansum(labels, axis=0)
+    return positives, (~np.isnan(labels)).sum(axis=0) - positives
 
 
 def _warn_without_positives(positives: np.ndarray, class_names: Sequence[str] | None) -> None:
@@ -48,14 +49,14 @@ def _warn_without_positives(positives: np.ndarray, class_names: Sequence[str] | 
 
 
 def pos_weights(labels: np.ndarray, class_names: Sequence[str] | None = None) -> np.ndarray:
-    """``N_neg / N_pos`` per class (1.0 for a class without positives, with a warning)."""
+    """``N_neg / N_pos`` per class over its known labels (1.0 for a class without positives, with a warning)."""
     positives, negatives = positive_counts(labels)
     _warn_without_positives(positives, class_names)
     return np.where(positives > 0, negatives / np.maximum(positives, 1), 1.0).astype(np.float32)
 
 
 def chexnet_weights(labels: np.ndarray, class_names: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """CheXNet's ``(W+, W-) = (N_neg / N, N_pos / N)`` per class ((1, 1) for a class without positives)."""
+    """CheXNet's ``(W+, W-) = (N_neg / N, N_pos / N)`` per class, ``N`` its known labels ((1, 1) without positives)."""
     positives, negatives = positive_counts(labels)
     _warn_without_positives(positives, class_names)
     total = positives + negatives
@@ -68,6 +69,9 @@ class WeightedBCEWithLogits(nn.Layer):
     """``-(w_pos * y * log(p) + w_neg * (1 - y) * log(1 - p))``, averaged over batch and classes.
 
     With ``w_pos = w_neg = 1`` this is plain binary cross-entropy on logits.
+    Labels that are NaN (unknown, e.g. an ignored uncertain CheXpert label) are
+    left out: the mean is over the known entries only (0 when there are none),
+    and unknown entries get no gradient.
 
     Args:
         w_pos (Sequence[float], optional): weight of each class's positive term. Default: None (1).
@@ -88,13 +92,21 @@ class WeightedBCEWithLogits(nn.Layer):
     def forward(self, logits: paddle.Tensor, labels: paddle.Tensor) -> paddle.Tensor:
         logits = logits.astype("float32")
         labels = labels.astype("float32")
+        # NaN labels are unknown: their terms are computed on a 0 label and
+        # multiplied by 0 (finite, so their gradient is exactly 0), and the mean
+        # is rescaled from all entries to the known ones. Without NaN the mask is
+        # all ones and the scale exactly 1, so the result is the plain mean.
+        known = paddle.logical_not(paddle.isnan(labels))
+        mask = known.astype("float32")
+        labels = paddle.where(known, labels, paddle.zeros_like(labels))
         positive_term = labels * F.log_sigmoid(logits)
         negative_term = (1.0 - labels) * F.log_sigmoid(-logits)
         if self.w_pos is not None:
             positive_term = positive_term * self.w_pos
         if self.w_neg is not None:
             negative_term = negative_term * self.w_neg
-        return -(positive_term + negative_term).mean()
+        scale = paddle.numel(mask).astype("float32") / paddle.clip(mask.sum(), min=1.0)
+        return -((positive_term + negative_term) * mask).mean() * scale
 
 
 def make_loss(
@@ -104,7 +116,7 @@ def make_loss(
 
     Args:
         class_weighting (str, optional): ``'none'``, ``'pos_weight'`` or ``'chexnet'``. Default: 'none'.
-        train_labels (numpy.ndarray, optional): the training set's 0/1 ``[N, C]`` labels; required
+        train_labels (numpy.ndarray, optional): the training set's 0/1/NaN ``[N, C]`` labels; required
             unless ``class_weighting`` is ``'none'``. Default: None.
         class_names (Sequence[str], optional): for the warning about classes without positives. Default: None.
     """
