@@ -17,7 +17,7 @@ from a flag:
 * ``'paddle_chexnet'``: this package's own names, passed through.
 
 Every path ends in one strict check: zero missing keys, zero unexpected keys,
-every shape equal, or :class:`~paddle_chexnet.state_dict.StateDictMismatchError`
+every shape equal, or :class:`~paddle_chexnet.models.state_dict.StateDictMismatchError`
 listing them. The reference implementations loaded with ``strict=False`` after
 a rename that missed keys, and their users lost accuracy without an error.
 

@@ -62,12 +62,12 @@ def load_pretrained_backbone(net: paddle.nn.Layer, path: str | Path, trust_pickl
 
     Accepts this package's ``.pdparams``, a ``paddle.vision`` DenseNet-121 ``.pdparams``
     (e.g. Paddle's ImageNet ``DenseNet121_pretrained.pdparams``) or any PyTorch file
-    :func:`~paddle_chexnet.torch_checkpoint.read_checkpoint` reads (e.g. torchvision's
+    :func:`~paddle_chexnet.conversion.readers.read_checkpoint` reads (e.g. torchvision's
     ImageNet ``densenet121-a639ec97.pth``). All backbone weights must be present with
     the right shape; the file's classifier, whatever its size, is ignored.
 
     Args:
-        net (paddle.nn.Layer): a :class:`~paddle_chexnet.densenet.DenseNet`.
+        net (paddle.nn.Layer): a :class:`~paddle_chexnet.models.densenet.DenseNet`.
         path (str | Path): the checkpoint.
         trust_pickle (bool, optional): allow files that pickle whole modules. Default: False.
 

@@ -16,7 +16,7 @@ Two comparisons, both on probabilities (sigmoid of the logits):
 * real images with labels, each framework through its own preprocessing
   (torchvision: ``Resize(256)``, ``TenCrop(224)``, ``ToTensor``, ImageNet
   ``Normalize``, probabilities averaged over the crops; ours:
-  :func:`~paddle_chexnet.images.read_xray` + :class:`~paddle_chexnet.transforms.EvalTransform`):
+  :func:`~paddle_chexnet.data.images.read_xray` + :class:`~paddle_chexnet.data.transforms.EvalTransform`):
   max absolute probability difference <= 1e-4 and per-class AUROC difference <= 1e-4.
 """
 from __future__ import annotations
@@ -317,7 +317,7 @@ def verify_conversion(
     """Compare a converted state dict with the source checkpoint run by its own framework.
 
     Args:
-        fmt (str): the source layout, from :func:`~paddle_chexnet.convert.detect_format`.
+        fmt (str): the source layout, from :func:`~paddle_chexnet.conversion.layouts.detect_format`.
         source_state (Mapping[str, numpy.ndarray]): the checkpoint's weights with the file's key names.
         converted_state (Mapping[str, numpy.ndarray]): the converted weights (classifier kept).
         image_paths (Sequence[str | Path], optional): real images for the second check. Default: None.

@@ -2,37 +2,26 @@
 
 Paddle's CPU kernels for BatchNorm, ReLU, concat and pooling run on one
 thread, and its convolution copies the wide side of DenseNet's 3x3
-convolutions nine times over; before these kernels a DenseNet-121 training
-step ran at 0.76x torch's speed on 2 cores, with them at 1.39x (BENCHMARKS.md).
-This module builds Paddle custom operators (OpenMP over channels or images,
-MKL's CBLAS for the products) and wraps them:
+convolutions nine times over. This module builds Paddle custom operators
+(OpenMP over channels or images, MKL's CBLAS for the products); the Paddle
+functions around them are in :mod:`paddle_chexnet.cpu.ops` and the layers
+that use them in :mod:`paddle_chexnet.cpu.layers`.
 
-* :func:`batch_norm_relu`: BatchNorm in training mode fused with the ReLU that
-  follows every BatchNorm in DenseNet; :func:`batch_norm_relu_pool` the same
-  with a transition's 2x2 average pooling;
-* :func:`conv3x3_kernel`: the dense layers' 3x3 convolutions;
-  :func:`conv_im2col_kernel`: any other convolution (the stem);
-* :func:`max_pool_kernel`: the stem's max pooling; :func:`concat_channels`:
-  the dense blocks' concatenations.
+:func:`prepare_kernels` compiles the source with the C++ compiler Paddle's
+``cpp_extension`` finds (``g++``), with ``-march=native``, or loads a cached
+build, from ``kernels/<hash>`` in the package's cache root
+(``PADDLE_CHEXNET_KERNEL_DIR`` moves it). The hash covers the source, the
+flags, Paddle's version and folder, and the processor's instruction sets, so a
+changed source, another Paddle installation or another processor builds anew
+and a cached build never runs where it does not fit. Processes started
+together (``paddle.distributed.launch``) build it once, under a file lock. The
+trainer calls it before training starts; nothing ever builds inside a forward
+pass (:func:`cpu_kernels` only returns what was prepared).
 
-Each is used where it applies, CPU float32 tensors in a dynamic graph (and,
-for the BatchNorms, a ``BatchNorm2D`` in training mode); GPUs, ``to_static``
-and exported models keep Paddle's own kernels, and so does every run where the
-operators cannot be built, or off Linux (the build uses GNU ld and OpenMP).
-
-The source is compiled with the C++ compiler Paddle's ``cpp_extension`` finds
-(``g++``), with ``-march=native``, the first time it is needed (about 8 s), into
-``~/.cache/paddle_chexnet/kernels/<hash>`` (``PADDLE_CHEXNET_KERNEL_DIR`` moves
-it); the hash covers the source, the flags, Paddle's version and folder, and
-the processor's instruction sets, so a changed source, another Paddle
-installation or another processor builds anew and a cached build is never run
-where it does not fit. Processes started
-together (``paddle.distributed.launch``) build it once, under a file lock.
-
-``PADDLE_CHEXNET_CPU_KERNELS=0`` turns the kernels off. Where the build
-fails (no compiler), a warning says so once and training goes on, slower, with
-Paddle's kernels; the results are the same to float rounding either way
-(``tests/test_cpu_kernels.py``).
+``PADDLE_CHEXNET_CPU_KERNELS=0`` turns the kernels off. Where the build fails
+(no compiler) or off Linux (the build uses GNU ld and OpenMP), a warning says
+so once and training goes on with Paddle's kernels, slower; the results are the
+same to float rounding either way (``tests/test_cpu_kernels.py``).
 """
 from __future__ import annotations
 

@@ -1,42 +1,34 @@
 """CPU settings that decide how fast Paddle trains and predicts on a CPU.
 
-Three things, measured on a 2-core AMD EPYC (BENCHMARKS.md, "What made the
-step fast"):
+The commands apply them with :func:`configure_cpu` (through
+:func:`~paddle_chexnet.utils.device.prepare_device`) when the work runs on the
+CPU, never for a GPU run and never at import. What each is worth is measured
+by ``benchmarks/bench_train.py`` and ``benchmarks/bench_kernels.py``
+(BENCHMARKS.md; docs/cpu-speed.md explains them).
 
 * **Math threads.** Paddle starts with one math-library thread
-  (``FLAGS_paddle_num_threads`` = 1), so a plain ``python train.py`` used one
-  core whatever the machine had. :func:`configure_cpu` gives each process the
-  cores it may use, divided among the processes
-  ``paddle.distributed.launch`` started on this machine.
+  (``FLAGS_paddle_num_threads`` = 1). :func:`configure_cpu` gives each process
+  the cores it may use, divided among the processes ``paddle.distributed.launch``
+  started on this machine.
 * **MKL on AMD processors.** The MKL that Paddle's wheel bundles (2019.0.5)
   runs its generic SSE code on processors that are not Intel's. The variable
   ``MKL_DEBUG_CPU_TYPE`` (honoured by MKL up to 2020.0) makes it run the code
-  for an instruction set the processor has: ``5`` its AVX2 kernels
-  (``mkl_blas_avx2_sgemm_*``), ``7`` its AVX-512 kernels for Skylake-SP
-  (``mkl_blas_avx512_sgemm_*``, which need AVX512 F, CD, BW, DQ and VL, as
-  AMD's Zen 4 and later have). On a Zen 5 EPYC a DenseNet-sized product ran at
-  95 GFLOP/s by default, 260 with ``5`` and 504 with ``7``
-  (``benchmarks/bench_kernels.py``), and the training step 1.47x faster with
-  ``7`` than with ``5`` (``benchmarks/bench_train.py``, BENCHMARKS.md). The choice is
-  made from the processor's flags in ``/proc/cpuinfo``: a type the processor
-  cannot run ends the process with an illegal instruction, so without the
-  flags nothing is set. (``6`` selects Xeon Phi kernels and ``8`` faults on
-  Zen 5: neither is used.) The variable is read at MKL's first matrix
-  product, so the package sets it when it is imported
-  (``paddle_chexnet/__init__.py``); it never overrides a value the user gave.
-  Every process then runs the same code path, which matters beyond speed: the
-  paths round differently, and after an Adam step (which divides by the
-  gradient's size) the difference is visible in the weights.
-* **Freed tensors stay in the heap.** glibc's ``malloc`` serves blocks above an
-  adaptive threshold (at most 32 MB) by ``mmap`` and returns them to the
-  system when freed, so large activations are faulted in again page by page:
-  about 3,000 page faults per DenseNet-121 step at batch 8 once the threshold
-  has adapted, more before. :func:`keep_freed_memory` raises the threshold to
-  256 MB and the trim threshold to 1 GB (``mallopt``), so freed blocks are
-  reused: no faults in a step, and the step 2-3 % faster
-  (``benchmarks/bench_train.py``, variant ``paddle_eager_glibc_heap``). Peak
-  memory is unchanged; the process keeps what it freed for its next step.
-  Environment variables ``MALLOC_*_`` that the user set win.
+  for an instruction set the processor has: ``5`` its AVX2 kernels, ``7`` its
+  AVX-512 kernels for Skylake-SP (which need AVX512 F, CD, BW, DQ and VL, as
+  AMD's Zen 4 and later have). The choice is made from the processor's flags
+  in ``/proc/cpuinfo``: a type the processor cannot run ends the process with an
+  illegal instruction, so without the flags nothing is set (``6`` selects Xeon
+  Phi kernels and ``8`` faults on Zen 5: neither is used). MKL reads the
+  variable at its first matrix product, so it is set before any computation,
+  and never over a value the user gave. Every process of a run takes the same
+  path, which matters beyond speed: the paths round differently, and after an
+  Adam step the difference is visible in the weights.
+* **Freed tensors stay in the heap.** glibc's ``malloc`` serves large blocks by
+  ``mmap`` and returns them to the system when freed, so large activations are
+  faulted in again page by page at every step. :func:`keep_freed_memory` raises
+  the mmap threshold to 256 MB and the trim threshold to 1 GB (``mallopt``), so
+  freed blocks are reused. Peak memory is unchanged. ``MALLOC_*_`` variables
+  that the user set win.
 """
 from __future__ import annotations
 

@@ -75,13 +75,13 @@ class ChestXray14Dataset(paddle.io.Dataset):
         image_dir (str | Path): folder of images, flat or NIH's nested ``images_0NN/images/``.
         label_list (LabelList | str | Path): the labels, or a label-list file to read.
         transform (Callable, optional): PIL image -> array, e.g.
-            :class:`~paddle_chexnet.transforms.EvalTransform`. ``None`` returns the
+            :class:`~paddle_chexnet.data.transforms.EvalTransform`. ``None`` returns the
             ``uint8`` pixels ``[H, W]`` or ``[H, W, 3]``. Default: None.
         skip_missing (bool, optional): drop listed images that are not on disk
             (their names are in :attr:`skipped`) instead of raising. Default: False.
         image_index (Mapping[str, Path], optional): a precomputed :func:`index_images`
             result (saves rescanning a large folder). Default: None.
-        reader (Callable, optional): path -> PIL image. Default: :func:`~paddle_chexnet.images.read_xray`.
+        reader (Callable, optional): path -> PIL image. Default: :func:`~paddle_chexnet.data.images.read_xray`.
 
     Attributes:
         names (list[str]): image names in dataset order.

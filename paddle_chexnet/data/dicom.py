@@ -14,7 +14,7 @@ and we apply them in the standard's order:
 
 The result is scaled to 0..255: from the VOI output range when a window or
 VOI LUT was applied (so the window's saturation is kept), otherwise from the
-image's own minimum..maximum, as :func:`paddle_chexnet.images.read_xray` does
+image's own minimum..maximum, as :func:`paddle_chexnet.data.images.read_xray` does
 for 16-bit PNGs. pydicom's processing functions do steps 1 and 2.
 """
 from __future__ import annotations

@@ -105,8 +105,8 @@ class SeededBatchSampler(paddle.io.BatchSampler):
 class SeededAugmentation(paddle.io.Dataset):
     """Wrap a dataset whose ``transform`` has an ``rng`` attribute; seed it per ``(seed, epoch, index)``.
 
-    Works with :class:`~paddle_chexnet.data.ChestXray14Dataset` and
-    :class:`~paddle_chexnet.transforms.TrainTransform`. Data-loader workers get
+    Works with :class:`~paddle_chexnet.data.datasets.ChestXray14Dataset` and
+    :class:`~paddle_chexnet.data.transforms.TrainTransform`. Data-loader workers get
     a copy of this object when an epoch's iteration starts, so set the epoch
     before iterating (workers are not persistent).
 

@@ -316,7 +316,7 @@ def draw_lesion(
 
     Args:
         image (numpy.ndarray): float ``[H, W]`` image, modified in place.
-        finding (str): one of :data:`~paddle_chexnet.labels.CLASS_NAMES`.
+        finding (str): one of :data:`~paddle_chexnet.data.labels.CLASS_NAMES`.
         center (tuple[float, float]): lesion centre in pixels, ``(x, y)``.
         side (int): side of the lesion's square in pixels.
         amplitude (float): brightness added on the pattern.

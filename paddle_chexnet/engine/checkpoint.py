@@ -1,7 +1,7 @@
 """Training checkpoints: ``NAME.pdparams`` + ``NAME.pdopt`` + ``NAME.json``, written atomically.
 
 * ``NAME.pdparams`` is the network's ``state_dict`` and nothing else, so it
-  loads with ``chexnet(weights=...)`` and :func:`~paddle_chexnet.state_dict.load_weights`.
+  loads with ``chexnet(weights=...)`` and :func:`~paddle_chexnet.models.state_dict.load_weights`.
 * ``NAME.pdopt`` is the optimizer's ``state_dict`` (moments, step counters and
   the learning-rate schedule) with each entry keyed by the parameter's
   *structured* name (``features.conv0.weight_moment1_0``) instead of Paddle's
@@ -12,7 +12,7 @@
   callbacks, the history, and the SHA-256 of the two binary files.
 
 Each file is written to a temporary file and renamed over the old one
-(:func:`~paddle_chexnet.io_utils.atomic_path`), so killing the process at any
+(:func:`~paddle_chexnet.utils.io.atomic_path`), so killing the process at any
 moment leaves every file whole. The JSON is written last and names the digests
 of the files it belongs with: a kill between two renames (a window of
 microseconds) leaves files from two different epochs, which

@@ -1,19 +1,19 @@
 """Ten-crop (or center-crop) evaluation: images -> averaged probabilities -> AUROC -> CSVs and ROC plots.
 
 Where the time goes on a CPU: the network runs 10 times per image in
-ten-crop, so it dominates (~0.4 s per image for DenseNet-121 on two cores);
-decoding a 1024x1024 PNG and resizing it costs ~15 ms. The loader therefore
-runs the decode and resize in worker processes (at a lower priority, so
+ten-crop, so it dominates; decoding a 1024x1024 PNG and resizing it is a
+small fraction of that. The loader therefore runs the decode and resize in
+worker processes (at a lower priority, so
 they fill the gaps rather than slow the network) and sends back only the
 small resized 8-bit image; the main process normalises and crops it (a few
 milliseconds) into one batch of ``B * 10`` crops for the predictor, and
 averages the ten probabilities of each image, as CheXNet's reference does.
 On the CPU the predictor runs that batch in cache-sized slices of 10 crops
-(see :class:`~paddle_chexnet.inference.Predictor`). ``processes > 1`` instead
+(see :class:`~paddle_chexnet.inference.predictors.Predictor`). ``processes > 1`` instead
 runs several single-thread copies of the exported model, each decoding and
 predicting its own images (:func:`predict_dataset_parallel`).
 
-The arithmetic is exactly :class:`~paddle_chexnet.transforms.EvalTransform`'s
+The arithmetic is exactly :class:`~paddle_chexnet.data.transforms.EvalTransform`'s
 (same functions, same order), which is bit-identical to torchvision's.
 """
 from __future__ import annotations
@@ -79,7 +79,7 @@ def _load_resized(path: str, resize: int) -> np.ndarray:
 
 
 def _to_crops(resized: np.ndarray, crops: str, crop: int) -> np.ndarray:
-    """Normalise and crop, as :class:`~paddle_chexnet.transforms.EvalTransform`: ``[k, 3, c, c]``."""
+    """Normalise and crop, as :class:`~paddle_chexnet.data.transforms.EvalTransform`: ``[k, 3, c, c]``."""
     chw = normalize(resized)
     return ten_crop(chw, crop) if crops == "ten" else center_crop(chw, crop)[None]
 
@@ -253,7 +253,7 @@ def evaluate(
     ``metrics.json`` and, when images were skipped, ``skipped.txt``; all atomically.
 
     Args:
-        predictor (Predictor): e.g. from :func:`~paddle_chexnet.inference.load_predictor`.
+        predictor (Predictor): e.g. from :func:`~paddle_chexnet.inference.predictors.load_predictor`.
         dataset (ChestXray14Dataset): images and labels (its ``transform`` is not used:
             the crops are made here, with the same arithmetic).
         output_dir (str | Path, optional): where to write; ``None`` writes nothing. Default: None.
@@ -265,7 +265,7 @@ def evaluate(
             Default: None (:func:`default_num_workers`).
         progress (bool, optional): show a progress bar. Default: True.
         plot (bool, optional): write the ROC plot. Default: True.
-        processes (int, optional): with an :class:`~paddle_chexnet.inference.InferencePredictor`,
+        processes (int, optional): with an :class:`~paddle_chexnet.inference.predictors.InferencePredictor`,
             run this many copies of the model in parallel processes
             (:func:`predict_dataset_parallel`; ``num_workers`` is then unused). Default: 1.
     """

@@ -46,9 +46,9 @@ class Predictor(ABC):
     """Probabilities for a batch of preprocessed images.
 
     A batch is run in slices of at most :attr:`micro_batch` images: on a CPU,
-    DenseNet's activations for ~10 images at 224x224 stay in the caches, while a
-    batch of 80 crops spills to memory and runs up to 1.5x slower per image
-    (measured on a 2-core EPYC). ``None`` runs the whole batch at once (best on a GPU).
+    DenseNet's activations for about 10 images at 224x224 stay in the caches,
+    while a batch of 80 crops spills to memory and runs slower per image.
+    ``None`` runs the whole batch at once (best on a GPU).
 
     Attributes:
         class_names (tuple[str, ...]): one name per output column.
@@ -76,7 +76,7 @@ class DygraphPredictor(Predictor):
     """The network in Paddle's dynamic graph, in eval mode, on the current device.
 
     Args:
-        net (paddle.nn.Layer): a network returning logits (e.g. :func:`~paddle_chexnet.densenet.chexnet`).
+        net (paddle.nn.Layer): a network returning logits (e.g. :func:`~paddle_chexnet.models.densenet.chexnet`).
 
     Examples:
         >>> from paddle_chexnet import chexnet

@@ -283,7 +283,7 @@ def read_bbox_csv(path: str | Path) -> dict[str, list[Box]]:
     """Read NIH's ``BBox_List_2017.csv``: ``Image Index, Finding Label, x, y, w, h`` (+ empty columns).
 
     Finding names are mapped to the class list's spelling (``Infiltrate`` ->
-    ``Infiltration``) by :func:`paddle_chexnet.labels.canonical_label`.
+    ``Infiltration``) by :func:`paddle_chexnet.data.labels.canonical_label`.
 
     Returns:
         dict[str, list[Box]]: image file name -> its expert boxes, in file order.

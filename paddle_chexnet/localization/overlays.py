@@ -22,7 +22,7 @@ from paddle_chexnet.utils.io import atomic_path
 def normalize_heatmap(heatmap: np.ndarray) -> np.ndarray:
     """Scale a map to [0, 1] from 0 to its maximum, negative values at 0 (min..max when nothing is positive).
 
-    The same convention as the box threshold (:func:`paddle_chexnet.boxes.threshold_level`):
+    The same convention as the box threshold (:func:`paddle_chexnet.localization.boxes.threshold_level`):
     a colour at 50 % of the scale is a pixel at 50 % of the maximum.
     """
     heatmap = np.asarray(heatmap, dtype=np.float64)
@@ -63,7 +63,7 @@ def overlay_heatmap(
     Args:
         image (PIL.Image.Image): the original X-ray (any mode).
         heatmap (numpy.ndarray | None): ``[H, W]`` map at the image's size (see
-            :func:`paddle_chexnet.boxes.upsample_heatmap`); None draws boxes only.
+            :func:`paddle_chexnet.localization.boxes.upsample_heatmap`); None draws boxes only.
         boxes (Sequence[Box], optional): boxes in the image's pixels. Default: ().
         label (str, optional): text for the top-left corner, e.g. ``"Effusion p=0.87"``. Default: None.
         alpha (float, optional): weight of the colours. Default: 0.4.

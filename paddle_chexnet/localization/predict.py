@@ -10,7 +10,7 @@ every pixel of the X-ray. A 224 center crop (``crop=224``, what ``eval.py
 1024 pixels) where NIH's expert boxes do reach, and no box could be found
 there. Either way, heatmaps and boxes are mapped back to the ORIGINAL
 image's pixels exactly (resize scale and crop offset, see
-:class:`~paddle_chexnet.boxes.InputGeometry`).
+:class:`~paddle_chexnet.localization.boxes.InputGeometry`).
 
 The probabilities reported next to the heatmaps come from the same forward
 pass, so a label "Effusion 0.87" is the probability of the picture shown. They
@@ -52,7 +52,7 @@ def prepare_input(image: Image.Image, resize: int = 256, crop: int | None = None
     """The normalised ``[3, h, w]`` network input of one image and where it lies in the original.
 
     Args:
-        image (PIL.Image.Image): the X-ray as read by :func:`~paddle_chexnet.images.read_xray`.
+        image (PIL.Image.Image): the X-ray as read by :func:`~paddle_chexnet.data.images.read_xray`.
         resize (int, optional): shorter side after resizing. Default: 256.
         crop (int, optional): center crop size; None (or 0) feeds the whole resized image. Default: None.
     """
@@ -183,7 +183,7 @@ class ImageHeatmaps:
 
     def boxes(self, class_id: int, finding: str, threshold: float = 0.5, min_area_fraction: float = 0.0,
               max_boxes: int | None = None) -> list[Box]:
-        """Boxes of one class in original pixels (see :func:`~paddle_chexnet.boxes.boxes_from_heatmap`)."""
+        """Boxes of one class in original pixels (see :func:`~paddle_chexnet.localization.boxes.boxes_from_heatmap`)."""
         min_area = min_area_fraction * self.image.width * self.image.height
         return boxes_from_heatmap(self.heatmap(class_id), threshold, min_area, max_boxes, finding)
 

@@ -31,7 +31,7 @@ def localize_known_findings(
     """Boxes for the findings the experts boxed on each image (Wang et al.'s protocol: the finding is given).
 
     Args:
-        truths (Mapping[str, Sequence[Box]]): image name -> expert boxes (e.g. :func:`~paddle_chexnet.boxes.read_bbox_csv`).
+        truths (Mapping[str, Sequence[Box]]): image name -> expert boxes (e.g. :func:`~paddle_chexnet.localization.boxes.read_bbox_csv`).
         image_paths (Mapping[str, Path]): image name -> file; every name in ``truths`` must be there.
 
     Returns:
