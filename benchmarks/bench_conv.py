@@ -7,7 +7,7 @@ size and feature-map size. Variants, each in its own process:
 
     torch          torch.nn.Conv2d (oneDNN)
     paddle         paddle_chexnet's layers as DenseNet uses them: the C++ kernels of
-                   paddle_chexnet/cpu_kernels.py for the 3x3 convolutions and the 7x7 stem,
+                   paddle_chexnet/cpu/ops.py for the 3x3 convolutions and the 7x7 stem,
                    nn.Conv2D for the 1x1 ones
     paddle_fold    the same without the C++ kernels (PADDLE_CHEXNET_CPU_KERNELS=0): 3x3 by
                    product + fold in Paddle operators on maps of 28x28 and larger
@@ -78,14 +78,17 @@ def run_worker(args: argparse.Namespace) -> dict[str, float]:
         return totals
     import paddle
 
+    from paddle_chexnet.cpu import fold
     from paddle_chexnet.cpu import layers as cpu_conv
+    from paddle_chexnet.cpu.kernels import prepare_kernels
     from paddle_chexnet.cpu.runtime import configure_cpu
 
     configure_cpu(args.threads)
     if args.worker != "paddle":
         os.environ["PADDLE_CHEXNET_CPU_KERNELS"] = "0"
+    prepare_kernels()
     if args.worker == "paddle_conv2d":
-        cpu_conv.MIN_PIXELS = 1 << 62  # never take the fold path
+        fold.MIN_PIXELS = 1 << 62  # never take the fold path
     for cin, cout, k, stride, side in densenet121_convolutions():
         x = paddle.randn([args.batch_size, cin, side, side])
         x.stop_gradient = k == 7

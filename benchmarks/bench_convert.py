@@ -33,17 +33,16 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
 
-import numpy as np  # noqa: E402
+import numpy as np
 from machine_info import (
     cpu_model,  # benchmarks/machine_info.py (run as scripts from any folder)
 )
 
 from paddle_chexnet.data.datasets import index_images
-from paddle_chexnet.data.images import read_xray  # noqa: E402
-from paddle_chexnet.data.label_lists import read_label_list  # noqa: E402
-from paddle_chexnet.data.transforms import EvalTransform  # noqa: E402
+from paddle_chexnet.data.images import read_xray
+from paddle_chexnet.data.label_lists import read_label_list
+from paddle_chexnet.data.transforms import EvalTransform
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -43,7 +43,6 @@ from machine_info import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 PIPELINES = ("paddle-fast", "torch-reference", "paddle-dygraph", "paddle-fast-mp")
 DEFAULT_PIPELINES = PIPELINES[:3]
@@ -114,7 +113,7 @@ def run_paddle_fast_mp(args, threads: int) -> dict:
 
 
 def run_paddle_dygraph(args, threads: int) -> dict:
-    # plain Paddle: its own CPU operators, not the package's C++ kernels (paddle_chexnet/cpu_kernels.py)
+    # plain Paddle: its own CPU operators, not the package's C++ kernels (paddle_chexnet/cpu)
     os.environ["PADDLE_CHEXNET_CPU_KERNELS"] = "0"
     import numpy as np
     import paddle

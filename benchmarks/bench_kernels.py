@@ -1,6 +1,6 @@
 """The package's C++ CPU kernels one by one against Paddle's operators, and MKL's code paths on this CPU.
 
-Part 1, operators: for each kernel of ``paddle_chexnet/cpu_kernels.py`` at the
+Part 1, operators: for each kernel of ``paddle_chexnet/cpu/ops.py`` at the
 DenseNet-121 shapes where it matters, the best of ``--repeats`` timings of one
 forward + backward pass (``paddle.grad`` of the output with respect to the
 inputs and parameters), the package's kernel against what Paddle computes
@@ -32,7 +32,6 @@ from machine_info import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -73,7 +72,7 @@ def operator_cases(batch: int):
     import paddle.nn as nn
     import paddle.nn.functional as F
 
-    from paddle_chexnet.cpu import kernels as k
+    from paddle_chexnet.cpu import ops as k
     from paddle_chexnet.cpu.fold import conv3x3_fold
 
     def tensor(*shape, grad=True):
@@ -120,11 +119,11 @@ def operator_cases(batch: int):
 
 
 def run_operators(args: argparse.Namespace) -> list[dict]:
-    from paddle_chexnet.cpu.kernels import cpu_kernels
+    from paddle_chexnet.cpu.kernels import prepare_kernels
     from paddle_chexnet.cpu.runtime import configure_cpu
 
     configure_cpu(args.threads)
-    if cpu_kernels() is None:
+    if prepare_kernels() is None:
         raise SystemExit("the C++ kernels could not be built here (see the warning above); nothing to compare")
     rows = []
     for name, steps in operator_cases(args.batch_size):

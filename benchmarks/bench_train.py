@@ -11,7 +11,7 @@ with the minor page faults of the timed step (median).
 Variants (the default run: torch, paddle_eager, paddle_static, paddle_dp):
     torch            torchvision DenseNet-121 (14 outputs), BCEWithLogitsLoss, Adam (the reference)
     paddle_eager     train.py's step: paddle.Model(net).prepare(Adam, BCE).train_batch, with train.py's
-                     CPU settings (paddle_chexnet.cpu_runtime) and optimizer (paddle_chexnet.optim)
+                     CPU settings (paddle_chexnet.cpu.runtime), CPU layers and optimizer (paddle_chexnet.engine.optim)
     paddle_static    the same with the network under paddle.jit.to_static (train.py --to-static)
     paddle_dp        train.py's step data-parallel over the cores: paddle.distributed.launch starts one
                      process per thread (gloo), each with one thread and its share of the batch
@@ -20,7 +20,7 @@ Variants (the default run: torch, paddle_eager, paddle_static, paddle_dp):
                                  Paddle's operators, with the fold path for 3x3 convolutions)
     paddle_eager_conv2d          paddle_eager_no_cpu_kernels with Paddle's own 3x3 convolution (no fold path)
     paddle_eager_mkl_default     paddle_eager without MKL_DEBUG_CPU_TYPE (MKL's own code path)
-    paddle_eager_glibc_heap      paddle_eager with glibc's default heap behaviour (cpu_runtime.keep_freed_memory
+    paddle_eager_glibc_heap      paddle_eager with glibc's default heap behaviour (cpu.runtime.keep_freed_memory
                                  not called; setting any MALLOC_* variable would not do: it turns off glibc's
                                  own adaptive mmap threshold too)
     paddle_eager_mkl_avx2        paddle_eager with MKL_DEBUG_CPU_TYPE=5 (MKL's AVX2 kernels, where the package
@@ -130,11 +130,9 @@ def _torch_step(args: argparse.Namespace):
 
 
 def _tiny_or_chexnet(args: argparse.Namespace):
-    from paddle_chexnet.models.densenet import DenseNet, chexnet
+    from paddle_chexnet.models.registry import build_network
 
-    if args.arch == "tiny":
-        return DenseNet(growth_rate=4, block_config=(1, 2), num_init_features=8, bn_size=2, num_classes=14)
-    return chexnet()
+    return build_network(args.arch, num_classes=14)
 
 
 def _paddle_step(args: argparse.Namespace, variant: str):
@@ -147,14 +145,14 @@ def _paddle_step(args: argparse.Namespace, variant: str):
 
     processes = paddle.distributed.get_world_size()
     if variant == "paddle_eager_glibc_heap":
-        import paddle_chexnet.cpu_runtime
+        import paddle_chexnet.cpu.runtime
 
-        paddle_chexnet.cpu_runtime.keep_freed_memory = lambda: False  # leave glibc's malloc as it is
+        paddle_chexnet.cpu.runtime.keep_freed_memory = lambda: False  # leave glibc's malloc as it is
     configure_cpu(args.threads // processes)  # paddle_eager_mkl_*: the MKL_DEBUG_CPU_TYPE given is kept
     if variant == "paddle_eager_conv2d":
-        import paddle_chexnet.cpu_conv
+        import paddle_chexnet.cpu.fold
 
-        paddle_chexnet.cpu_conv.MIN_PIXELS = 1 << 62  # never take the fold path
+        paddle_chexnet.cpu.fold.MIN_PIXELS = 1 << 62  # never take the fold path
     onednn = variant.endswith("onednn")
     paddle.set_device("cpu")
     paddle.set_flags({"FLAGS_use_onednn": onednn, "FLAGS_use_mkldnn": onednn})
@@ -162,6 +160,10 @@ def _paddle_step(args: argparse.Namespace, variant: str):
     net = _tiny_or_chexnet(args)
     if "static" in variant:
         net = paddle.jit.to_static(net, full_graph=True)
+    else:  # as train.py on the CPU: the kernels built first, the CPU-training layers swapped in
+        from paddle_chexnet.cpu.layers import use_cpu_training_layers
+
+        use_cpu_training_layers(net)
     # a to_static network hides forward's signature, so paddle.Model needs the input specs
     inputs = [paddle.static.InputSpec([None, 3, args.size, args.size], "float32", "image")]
     labels = [paddle.static.InputSpec([None, 14], "float32", "label")]

@@ -331,3 +331,12 @@ def test_progress_bar_run(data_dir: Path, tmp_path: Path, capsys: pytest.Capture
     result = run_training(tiny_config(data_dir, tmp_path, epochs=1, progress=True))
     assert len(result.history) == 1
     assert "epoch 1/1" in capsys.readouterr().err
+
+
+def test_the_documented_options_table_is_the_one_made_from_the_config() -> None:
+    """docs/training.md's options table is generated from TrainConfig; regenerate it when a field changes."""
+    from paddle_chexnet.engine.config import options_markdown
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    documented = text.split("<!-- options:begin -->\n", 1)[1].split("\n<!-- options:end -->", 1)[0]
+    assert documented == options_markdown()

@@ -324,3 +324,30 @@ def config_from_sources(typed: Mapping[str, Any], config_file: str | Path | None
     values = checked_settings(read_config_file(config_file), f"--config {config_file}") if config_file else {}
     values.update(checked_settings(typed, "command line"))
     return TrainConfig(**values)
+
+
+def options_markdown() -> str:
+    """The table of ``train.py``'s options (flag, default, meaning) in Markdown, made from the fields.
+
+    ``docs/training.md`` holds this table between its ``options`` markers; a test keeps the two equal
+    (regenerate with ``python -c "from paddle_chexnet.engine.config import options_markdown as o; print(o())"``).
+    """
+    hints = typing.get_type_hints(TrainConfig)
+    rows = ["| flag | default | meaning |", "|---|---|---|"]
+    for item in dataclasses.fields(TrainConfig):
+        inner, _ = _optional_inner(hints[item.name])
+        flag = option_name(item)
+        choices = item.metadata.get("choices")
+        if choices is not None:
+            flag = f"{flag} {{{','.join(choices())}}}"
+        default = item.default
+        if inner is bool:
+            shown = "off" if not default else "on"
+        elif default is None:
+            shown = ""
+        elif isinstance(default, tuple):
+            shown = " ".join(str(v) for v in default)
+        else:
+            shown = str(default)
+        rows.append(f"| `{flag}` | {shown} | {item.metadata['help']} |")
+    return "\n".join(rows)
