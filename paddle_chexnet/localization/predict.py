@@ -22,7 +22,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
