@@ -1,8 +1,6 @@
 """Write a seeded synthetic ChestX-ray14-style data set with known lesion boxes.
 
-Examples:
-    python tools/make_synthetic.py                      # the quick-start demo set
-    python tools/make_synthetic.py --num-images 200 --image-size 256 --seed 1 --output-dir /tmp/syn
+`python tools/make_synthetic.py -h` lists the flags; the logic is in paddle_chexnet.cli.make_synthetic.
 """
 import sys
 

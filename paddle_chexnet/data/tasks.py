@@ -100,16 +100,8 @@ class Task:
         return self.class_names
 
 
-NIH8_CLASSES: tuple[str, ...] = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Effusion",
-    "Infiltration",
-    "Mass",
-    "Nodule",
-    "Pneumonia",
-    "Pneumothorax",
-)
+# the 8 findings NIH drew boxes for (thtang/CheXNet-with-localization's task) are CheXNet's first 8
+NIH8_CLASSES: tuple[str, ...] = CLASS_NAMES[:8]
 
 
 CHEXPERT5_CLASSES: tuple[str, ...] = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")

@@ -61,8 +61,8 @@ from paddle_chexnet.engine.optim import (
 )
 from paddle_chexnet.models.base import ChestXrayNet
 from paddle_chexnet.models.registry import build_network as registry_build_network
-from paddle_chexnet.utils.device import prepare_device
 from paddle_chexnet.models.spec import spec_record
+from paddle_chexnet.utils.device import prepare_device
 from paddle_chexnet.utils.io import atomic_write_text
 from paddle_chexnet.utils.system import usable_cores
 

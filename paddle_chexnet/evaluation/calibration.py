@@ -32,7 +32,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import expit
 
 from paddle_chexnet.data.labels import CLASS_NAMES, canonical_label
-from paddle_chexnet.utils.io import atomic_write_text
+from paddle_chexnet.utils.io import atomic_write_text, read_json_file
 
 DEFAULT_BINS = 10
 CLIP = 1e-12
@@ -260,13 +260,7 @@ def read_calibration(path: str | Path, class_names: Sequence[str] = CLASS_NAMES)
         ValueError: not JSON, no ``temperatures``, an unknown or missing class, a temperature that is
             not a positive number; the message names the file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"calibration file not found: {path} (fit one with --calibrate)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    data = read_json_file(path, "fit one with --calibrate")
     return calibration_from_dict(data, class_names, str(path))
 
 

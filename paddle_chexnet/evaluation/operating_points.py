@@ -42,7 +42,7 @@ import scipy.sparse
 
 from paddle_chexnet.data.labels import CLASS_NAMES, canonical_label
 from paddle_chexnet.evaluation.bootstrap import DEFAULT_LEVEL, Resampler, check_level, percentile_interval
-from paddle_chexnet.utils.io import atomic_write_text
+from paddle_chexnet.utils.io import atomic_write_text, read_json_file
 
 RULE_KINDS: tuple[str, ...] = ("youden", "f1", "sensitivity", "specificity")
 METRICS: tuple[str, ...] = ("sensitivity", "specificity", "ppv", "npv", "f1")
@@ -263,13 +263,7 @@ def read_thresholds_file(path: str | Path, class_names: Sequence[str] = CLASS_NA
         FileNotFoundError: no such file.
         ValueError: not JSON, a value outside [0, 1], an unknown or missing finding; the message names the file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"thresholds file not found: {path} (write one with --choose-thresholds)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    data = read_json_file(path, "write one with --choose-thresholds")
     return thresholds_from_dict(data, class_names, str(path))
 
 

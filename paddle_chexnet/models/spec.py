@@ -14,11 +14,12 @@ from their keys where the family allows it (DenseNets).
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from paddle_chexnet.utils.io import read_json_file
 
 SPEC_KEY = "model"
 
@@ -88,10 +89,7 @@ def read_sidecar(weights: str | Path) -> dict[str, Any] | None:
     path = sidecar_path(weights)
     if not path.is_file():
         return None
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg}); delete or repair it") from None
+    record = read_json_file(path)
     if not isinstance(record, dict):
         raise ValueError(f"{path}: expected a JSON object")
     return record

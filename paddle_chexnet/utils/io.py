@@ -80,3 +80,22 @@ def ensure_output_dir(path: str | Path, flag: str = "--output-dir") -> Path:
     if not os.access(path, os.W_OK | os.X_OK):
         raise UserError(f"{flag} {path} is not writable; choose another {flag}")
     return path
+
+
+def read_json_file(path: str | Path, missing_hint: str = "") -> object:
+    """The JSON value in ``path``; one-line errors name the file (and, when missing, what to do).
+
+    Raises:
+        FileNotFoundError: no such file (``missing_hint`` is appended, e.g. how to make one).
+        ValueError: not valid JSON (the line is given).
+    """
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file" + (f" ({missing_hint})" if missing_hint else ""))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        where = f"line {exc.lineno}: {exc.msg}" if isinstance(exc, json.JSONDecodeError) else str(exc)
+        raise ValueError(f"{path}: not valid JSON ({where})") from None
