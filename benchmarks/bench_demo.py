@@ -30,7 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run(command: list[str], env: dict) -> float:
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, *command], cwd=REPO, env=env, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, *command], check=False, cwd=REPO, env=env, capture_output=True,
+                          text=True)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
     return time.perf_counter() - started
@@ -62,7 +63,7 @@ def main() -> None:
         history = [float(row["mean_auroc"]) for row in csv.DictReader(handle)]
     metrics = json.loads((root / "eval" / "metrics.json").read_text())
     with open(root / "loc" / "localization.csv", newline="") as handle:
-        mean_row = [row for row in csv.DictReader(handle) if row["finding"] == "Mean"][0]
+        mean_row = next(row for row in csv.DictReader(handle) if row["finding"] == "Mean")
 
     print(f"Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Machine: {cpu_summary()}; "
           f"load average at the end {os.getloadavg()[0]:.1f}.")
