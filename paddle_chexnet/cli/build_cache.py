@@ -25,7 +25,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="shorter side after resizing: the --resize of the runs that will read the cache")
     parser.add_argument("--workers", type=int, default=None,
                         help="decoding processes (default: the cores this process may use; 0: in this process)")
-    parser.add_argument("--label-list", nargs="+", action="extend", default=[], metavar="LIST",
+    parser.add_argument("--label-list", nargs="+", action="extend", default=None, metavar="LIST",
                         help="only the images these files name: CheXNet label lists, NIH name lists, or CSVs "
                         "with a Path (CheXpert) or Image Index column; may be repeated")
     parser.add_argument("--skip-unreadable", action="store_true",
@@ -45,7 +45,7 @@ def main(args: argparse.Namespace) -> int:
     from paddle_chexnet.data.cache_build import build_cache
 
     result = build_cache(args.image_dir, args.output, size=args.size, workers=args.workers,
-                         label_lists=args.label_list, skip_missing=args.skip_missing,
+                         label_lists=args.label_list or (), skip_missing=args.skip_missing,
                          progress=not args.no_progress)
     gib = result.stored_bytes / 2**30
     logger.info("%s: %d images (%.2f GiB at %d px); this run encoded %d, kept %d%s in %.1f s%s",

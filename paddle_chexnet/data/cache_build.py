@@ -29,8 +29,10 @@ replaced atomically, so a training run can read a cache while it is updated.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import csv
+import itertools
 import json
 import logging
 import multiprocessing
@@ -607,16 +609,35 @@ def _changed(record: dict[str, int], source: tuple[int, int]) -> bool:
     return (record["source_bytes"], record["source_mtime_ns"]) != source
 
 
+def _encode_many(tasks: list[tuple[str, str, int]]) -> list[tuple]:
+    return [_encode(task) for task in tasks]
+
+
 @contextlib.contextmanager
 def _results(tasks: list[tuple[str, str, int]], workers: int) -> Iterator[Iterator[tuple]]:
-    """The encoded images in task order, from ``workers`` processes (0: this one)."""
+    """The encoded images in task order, from ``workers`` processes (0: this one).
+
+    At most ``4 * workers`` chunks are in flight, so memory stays bounded when
+    writing is slower than decoding.
+    """
     if workers == 0 or len(tasks) == 1:
         yield map(_encode, tasks)
         return
     method = "fork" if sys.platform.startswith("linux") else "spawn"
     pool = multiprocessing.get_context(method).Pool(min(workers, len(tasks)), _init_worker)
+    size = max(1, min(8, len(tasks) // (workers * 8)))
+    chunks = iter([tasks[i:i + size] for i in range(0, len(tasks), size)])
+
+    def ordered() -> Iterator[tuple]:
+        pending = collections.deque(pool.apply_async(_encode_many, (c,)) for c in itertools.islice(chunks, 4 * workers))
+        while pending:
+            done = pending.popleft().get()
+            for chunk in itertools.islice(chunks, 1):
+                pending.append(pool.apply_async(_encode_many, (chunk,)))
+            yield from done
+
     try:
-        yield pool.imap(_encode, tasks, chunksize=max(1, min(16, len(tasks) // (workers * 16))))
+        yield ordered()
     finally:
         pool.terminate()
         pool.join()
