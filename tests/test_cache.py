@@ -597,16 +597,24 @@ def test_command_killed_at_random_moments_then_resumed_equals_clean_build(tmp_pa
                    capture_output=True)
     clean_seconds = time.monotonic() - started
     rng = np.random.default_rng(0)
+    killed = tmp_path / "killed"
+
+    def written() -> int:
+        return sum(p.stat().st_size for p in killed.glob("pixels-*")) if killed.is_dir() else 0
+
     mid_build_kills = 0
     for _ in range(5):
-        child = subprocess.Popen(_command(*args, "--output", str(tmp_path / "killed")), env=_env(),
+        before = written()
+        child = subprocess.Popen(_command(*args, "--output", str(killed)), env=_env(),
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.3, 1.0) * clean_seconds)  # start-up included: any moment of a run
+        while child.poll() is None and written() == before:  # until it writes pixels (or ends)
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0, 0.25) * clean_seconds)  # then a random moment of the writing
         if child.poll() is None:
             child.send_signal(signal.SIGKILL)
-            mid_build_kills += (tmp_path / "killed" / JOURNAL_NAME).exists()
+            mid_build_kills += 1
         child.wait()
-    assert mid_build_kills > 0
+    assert mid_build_kills >= 2
     done = subprocess.run(_command(*args, "--output", str(tmp_path / "killed")), env=_env(), capture_output=True,
                           text=True)
     assert done.returncode == 0, done.stderr
