@@ -22,7 +22,7 @@ Measured on the real sample images (1024x1024 NIH PNGs), in one process, in this
 
 Prints a Markdown section for BENCHMARKS.md.
 
-Example (from the repository root; about two minutes on 2 cores):
+Example (from the repository root; about two minutes on 2 cores, three with --end-to-end):
     PYTHONPATH=. python benchmarks/bench_data.py --data-dir ../shared/data/chestxray14-sample
 """
 from __future__ import annotations
@@ -61,6 +61,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--end-to-end", action="store_true",
                         help="also time a --arch tiny training epoch (needs TrainConfig.cache) and ten-crop evaluate")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the end-to-end evaluation")
+    parser.add_argument("--eval-images", type=int, default=48, help="images of the end-to-end evaluation")
+    parser.add_argument("--train-images", type=int, default=None,
+                        help="images of the end-to-end training epoch (and of its validation; default: all)")
     parser.add_argument("--output", default=None, help="also write the results as JSON here")
     return parser
 
@@ -162,6 +165,7 @@ def bench_end_to_end(args, images_dir: Path, labels_path: Path, cache_dir: Path,
 
     from paddle_chexnet.data.cache import CachedDataset
     from paddle_chexnet.data.datasets import ChestXray14Dataset
+    from paddle_chexnet.data.label_lists import read_label_list, write_label_list
     from paddle_chexnet.engine.config import ARCHITECTURES, TrainConfig
     from paddle_chexnet.engine.trainer import run_training
     from paddle_chexnet.evaluation.evaluate import evaluate
@@ -170,6 +174,10 @@ def bench_end_to_end(args, images_dir: Path, labels_path: Path, cache_dir: Path,
 
     out: dict = {"train": [], "eval": []}
     workers = max(args.workers)
+    labels = read_label_list(labels_path)
+    if args.train_images:
+        labels_path = work / "train_list.txt"
+        write_label_list(labels_path, labels.subset(labels.names[: args.train_images]))
     for name, extra in (("png", {}), ("cache", {"cache": str(cache_dir)})):
         try:
             config = TrainConfig(image_dir=str(images_dir), train_list=str(labels_path), val_list=str(labels_path),
@@ -187,8 +195,9 @@ def bench_end_to_end(args, images_dir: Path, labels_path: Path, cache_dir: Path,
         print(f"train {name}: one epoch (train + validation) in {seconds:.1f} s", flush=True)
     paddle.seed(0)
     predictor = DygraphPredictor(DenseNet(num_classes=14, **ARCHITECTURES["tiny"]))
-    makers = {"png": lambda: ChestXray14Dataset(images_dir, labels_path),
-              "cache": lambda: CachedDataset(cache_dir, labels_path, resize=args.resize)}
+    labels = labels.subset(labels.names[: args.eval_images])
+    makers = {"png": lambda: ChestXray14Dataset(images_dir, labels),
+              "cache": lambda: CachedDataset(cache_dir, labels, resize=args.resize)}
     times: dict[tuple[str, int], list[float]] = {}
     for _ in range(args.rounds):  # interleaved, so that other load on the machine hits both alike
         for num_workers in sorted({0, workers}):
@@ -201,6 +210,7 @@ def bench_end_to_end(args, images_dir: Path, labels_path: Path, cache_dir: Path,
                       flush=True)
     for (name, num_workers), runs in times.items():
         out["eval"].append({"variant": name, "workers": num_workers, "seconds": min(runs), "runs": runs,
+                            "images": len(result.names),
                             "images_per_s": len(result.names) / min(runs)})
     return out
 
@@ -240,7 +250,8 @@ def markdown(results: dict, command: str) -> str:
                          + (f"skipped ({row['skipped']})" if "skipped" in row else
                             f"one epoch (train + validation) {row['seconds']:.1f} s, {row['workers']} workers"))
         for row in e2e["eval"]:
-            lines.append(f"- evaluate ten-crop (tiny network), {row['variant']}, {row['workers']} workers: "
+            lines.append(f"- evaluate ten-crop (tiny network, {row['images']} images), {row['variant']}, "
+                         f"{row['workers']} workers: "
                          f"{row['images_per_s']:.1f} images/s (best of {len(row['runs'])} interleaved runs: "
                          + ", ".join(f"{t:.1f}" for t in row["runs"]) + " s)")
     return "\n".join(lines) + "\n"
