@@ -34,6 +34,7 @@ class EvalResult:
         backend (str): the predictor's backend.
         seconds (float): wall time of loading + inference.
         files (dict[str, Path]): written outputs by kind.
+        name_column (str): the first column of ``preds.csv``: ``Image Index`` (NIH) or ``Path`` (CheXpert).
     """
 
     names: list[str]
@@ -48,6 +49,7 @@ class EvalResult:
     backend: str = ""
     seconds: float = 0.0
     files: dict[str, Path] = field(default_factory=dict)
+    name_column: str = "Image Index"
 
     @property
     def images_per_second(self) -> float:
@@ -84,7 +86,7 @@ def write_outputs(result: EvalResult, output_dir: str | Path, plot: bool = True)
     auc_rows = [["label", "auc"]] + [[name, f"{auc:.6f}" if not math.isnan(auc) else "nan"]
                                      for name, auc in result.per_class.items()]
     atomic_write_text(files["aucs"], _csv_text(auc_rows))
-    pred_rows = [["Image Index", *result.class_names]]
+    pred_rows = [[result.name_column, *result.class_names]]
     pred_rows += [[name, *(f"{p:.8g}" for p in row)] for name, row in zip(result.names, result.probs)]
     atomic_write_text(files["preds"], _csv_text(pred_rows))
     summary = {
@@ -125,7 +127,8 @@ def plot_roc_curves(result: EvalResult, path: str | Path) -> None:
         auc = result.per_class[name]
         ax.plot([0, 1], [0, 1], color="0.7", lw=0.8, ls="--")
         if not math.isnan(auc):
-            fpr, tpr, _ = roc_curve(result.labels[:, c], result.probs[:, c])
+            known = ~np.isnan(result.labels[:, c])  # unknown labels (CheXpert's ignored ones) are left out
+            fpr, tpr, _ = roc_curve(result.labels[known, c], result.probs[known, c])
             ax.plot(fpr, tpr, lw=1.5)
         ax.set_title(f"{name}\nAUROC {auc:.3f}" if not math.isnan(auc) else f"{name}\nAUROC n/a", fontsize=9)
         ax.set_xlim(0, 1)
