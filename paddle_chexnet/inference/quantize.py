@@ -35,6 +35,9 @@ logger = logging.getLogger(__name__)
 #: the largest per-class AUROC change the INT8 model may show against fp32
 AUROC_BOUND = 0.005
 
+#: calibration images whose activations are held at once (their min/max are then folded)
+CALIBRATION_STRIDE = 16
+
 #: calibration images when the user gives none
 DEFAULT_CALIBRATION_COUNT = 200
 
@@ -64,16 +67,28 @@ def quantize_onnx(fp32_path: str | Path, int8_path: str | Path, calibration: np.
 
     onnxruntime.set_default_logger_severity(3)  # the optimiser's notes on folded constants are noise here
 
+    # ranges are folded every `stride` images (memory stays that of `stride` images' activations); the data
+    # size must be a multiple of it, so a remainder of fewer than `stride` images is left out
+    stride = min(CALIBRATION_STRIDE, len(calibration))
+    used = calibration[:len(calibration) - len(calibration) % stride]
+    if len(used) < len(calibration):
+        logger.info("calibrating on %d of the %d images (a multiple of %d)", len(used), len(calibration), stride)
+
     class Reader(q.CalibrationDataReader):
         def __init__(self) -> None:
-            self._next = 0
+            self._next, self._end = 0, len(used)
+
+        def __len__(self) -> int:
+            return len(used)
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self._next, self._end = start_index, min(end_index, len(used))
 
         def get_next(self):
-            if self._next >= len(calibration):
+            if self._next >= self._end:
                 return None
-            batch = calibration[self._next:self._next + 1]
             self._next += 1
-            return {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)}
+            return {INPUT_NAME: np.ascontiguousarray(used[self._next - 1:self._next], dtype=np.float32)}
 
     int8_path = Path(int8_path)
     with tempfile.TemporaryDirectory(prefix="chexnet-quant-") as work:
@@ -85,8 +100,7 @@ def quantize_onnx(fp32_path: str | Path, int8_path: str | Path, calibration: np.
             per_channel=per_channel, reduce_range=reduce_range,
             activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
             calibrate_method=q.CalibrationMethod.MinMax,
-            # min/max are folded every 16 images instead of keeping every activation of every image
-            extra_options={"CalibMaxIntermediateOutputs": 16},
+            extra_options={"CalibStridedMinMax": stride},
         )
     return int8_path
 
