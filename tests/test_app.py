@@ -165,13 +165,16 @@ def test_bad_uploads_return_a_message(client, tmp_path, kind, message, monkeypat
 
 def test_service_result_files(weights, tmp_path):
     from paddle_chexnet.app.service import XrayService
+    from paddle_chexnet.localization.predict import display_scale
 
     service = XrayService.from_weights(weights, "cpu")
     analysis = service.analyse(xray_png(tmp_path, 256))
     probabilities = [f.probability for f in analysis.findings]
     assert probabilities == sorted(probabilities, reverse=True) and len(probabilities) == 14
     shown = service.heatmap(analysis, analysis.findings[0].name, "gradcam")
-    assert shown.overlay.size == analysis.image.size or shown.overlay.width % analysis.image.width == 0
+    scale = display_scale(analysis.image.size)  # small pictures are drawn enlarged, as tools/predict.py does
+    assert shown.overlay.size == (analysis.image.width * scale, analysis.image.height * scale)
+    assert all(0 <= b.x and b.x2 <= analysis.image.width and b.score <= 1 for b in shown.boxes) and shown.boxes
     record = json.loads(service.result_json(analysis, shown))
     assert record["threshold_rule"] == "youden" and record["heatmap"]["method"] == "gradcam"
     assert [f["positive"] for f in record["findings"]] == [p >= 0.5 for p in probabilities]
@@ -330,3 +333,16 @@ def test_a_browser_uploads_an_xray_and_sees_the_result(app, tmp_path):
     shot = Image.open(tmp_path / "app.png")
     assert shot.size == (1280, 1500)
     assert np.asarray(shot.convert("L")).std() > 10  # something was drawn, not a blank page
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--weights", "no/such.pdparams"], "does not exist"),
+    (["--port", "70000"], "--port"),
+])
+def test_app_command_refusals(weights, argv, message, caplog):
+    from paddle_chexnet.cli.app import entry
+
+    if "--weights" not in argv:
+        argv = ["--weights", str(weights), *argv]
+    assert entry(argv) == 1
+    assert message in caplog.text
