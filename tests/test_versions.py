@@ -192,3 +192,14 @@ def test_paddle_2_refuses_a_json_export_instead_of_crashing_on_it(tmp_path, monk
         compat.program_file(tmp_path / "model")
     with pytest.raises(FileNotFoundError, match=r"no exported model at .*other\.json or .*other\.pdmodel"):
         compat.program_file(tmp_path / "other")
+
+
+@pytest.mark.parametrize("version, builds", [((3, 3, 1), True), ((3, 1, 0), True), ((3, 0, 0), False),
+                                             ((2, 6, 2), False)])
+def test_the_cpu_kernels_are_built_only_where_they_compile(monkeypatch, version, builds) -> None:
+    from paddle_chexnet.cpu import kernels
+
+    monkeypatch.setattr(compat, "paddle_version", lambda: version)
+    monkeypatch.delenv(kernels.SWITCH_VARIABLE, raising=False)
+    assert compat.builds_cpu_kernels() is builds
+    assert kernels.kernels_available_here() is (builds and sys.platform.startswith("linux"))

@@ -14,6 +14,10 @@ What differs between the supported releases, and where it is handled:
   and crashes on a ``.json`` file (:func:`program_file`).
 * ``Layer.eval()`` returns ``None`` in Paddle 2.6 and 3.0 (the layer in 3.3): callers
   call it, then use the layer.
+* The C++ CPU training kernels (``paddle_chexnet/cpu/csrc``) compile against Paddle 3.1
+  and later only (2.6 lacks ``Tensor::contiguous``, 3.0 a ``const`` accessor they use):
+  :func:`builds_cpu_kernels` keeps older releases from trying, and failing, at every
+  training run; they train with Paddle's own operators.
 
 This module imports Paddle only inside the functions that need a loaded Paddle.
 """
@@ -121,6 +125,11 @@ def paddle_version() -> tuple[int, int, int]:
 
     release = version_tuple(paddle.__version__)
     return (99, 0, 0) if release == (0, 0, 0) else release
+
+
+def builds_cpu_kernels() -> bool:
+    """True when the package's C++ CPU kernels compile against the loaded Paddle (3.1 and later)."""
+    return paddle_version() >= (3, 1, 0)
 
 
 def program_suffixes() -> tuple[str, ...]:
