@@ -174,3 +174,19 @@ def test_the_fresh_cpu_machine_command_installs_the_pinned_cpu_paddle(tmp_path, 
     assert planned.get("paddlepaddle") == "3.3.1"
     assert "paddlepaddle-gpu" not in planned
     assert {"opencv-python-headless", "torch", "pytest", "pandas"} <= set(planned)
+
+
+def _bash_block(markdown: str, heading: str) -> list[str]:
+    """The command lines (comments dropped) of the first bash block after ``heading``."""
+    section = markdown[markdown.index(heading):]
+    block = re.search(r"```bash\n(.*?)```", section, flags=re.S).group(1)
+    return [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_ci_installs_with_the_documented_fresh_machine_commands() -> None:
+    documented = _bash_block((REPO_ROOT / "docs" / "install.md").read_text(), "## A fresh CPU machine")
+    assert documented == ["python -m venv .venv && . .venv/bin/activate", 'pip install -e ".[cpu,dev]"']
+    ci = [line.strip() for line in (REPO_ROOT / ".ci" / "run").read_text().splitlines()]
+    assert [line for line in ci if line in documented] == documented
+    gpu = _bash_block((REPO_ROOT / "docs" / "install.md").read_text(), "## A GPU machine")
+    assert gpu[0] == "pip install -e ."

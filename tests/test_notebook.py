@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import json
 import shlex
 import shutil
@@ -99,6 +100,24 @@ def test_every_command_of_the_notebook_parses_with_its_script() -> None:
             checked.append(words[1])
     assert {"tools/make_synthetic.py", "train.py", "eval.py", "tools/predict.py", "tools/convert_torch.py",
             "tools/make_label_lists.py"} <= set(checked)
+
+
+def test_the_ai_studio_page_commands_parse_with_their_scripts() -> None:
+    """docs/ai-studio.md's ``!python ...`` lines: every flag exists."""
+    text = (REPO_ROOT / "docs" / "ai-studio.md").read_text().replace("\\\n", " ")
+    commands = [line[1:].strip() for line in text.splitlines() if line.startswith("!python ")]
+    for command in commands:
+        words = shlex.split(command)
+        if words[1] == "benchmarks/gpu_check.py":
+            spec = importlib.util.spec_from_file_location("gpu_check_doc", REPO_ROOT / words[1])
+            module = importlib.util.module_from_spec(spec)
+            sys.modules.setdefault(spec.name, module)
+            spec.loader.exec_module(module)
+            module.get_args_parser().parse_args(words[2:])
+        else:
+            _cli_module(words[1]).get_args_parser().parse_args(words[2:])
+    assert {shlex.split(c)[1] for c in commands} == {"benchmarks/gpu_check.py", "tools/make_label_lists.py",
+                                                      "train.py", "eval.py"}
 
 
 def test_the_real_data_cells_are_tagged_to_be_skipped() -> None:
