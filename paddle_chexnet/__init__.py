@@ -1,8 +1,11 @@
 """paddle-chexnet: CheXNet (Rajpurkar et al. 2017) in PaddlePaddle.
 
-Importing the package does nothing else: it sets no environment variable,
-reads no file, imports Paddle only when a name that needs it is used, and
-prints nothing. The CPU settings that make training fast (math threads, MKL's
+Importing the package does nothing else: it checks that PaddlePaddle is
+installed and not older than the oldest supported release (without importing
+it or reading a file: :func:`paddle_chexnet.utils.compat.check_paddle_installed`
+raises a one-line ``ImportError`` saying what to install), sets no environment
+variable, reads no file, imports Paddle only when a name that needs it is used,
+and prints nothing. The CPU settings that make training fast (math threads, MKL's
 code path, the heap) are applied by the commands, for CPU work only
 (:mod:`paddle_chexnet.cpu.runtime`).
 
@@ -16,7 +19,11 @@ from __future__ import annotations
 import importlib
 import warnings
 
+from paddle_chexnet.utils.compat import check_paddle_installed
+
 __version__ = "0.2.0"
+
+check_paddle_installed()
 
 # Paddle warns at its own import that ccache is missing, which only matters to people compiling
 # Paddle extensions: the package's own kernel build says what it needs when it needs it.

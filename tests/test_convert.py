@@ -265,7 +265,8 @@ def _randomised_paddle_vision(num_classes: int):
         else:
             state[key] = value.numpy()
     model.set_state_dict(state)
-    return model.eval(), state
+    model.eval()  # returns None in Paddle 2.6 and 3.0
+    return model, state
 
 
 @pytest.mark.parametrize("jm12138", [False, True])

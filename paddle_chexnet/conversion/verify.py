@@ -209,7 +209,8 @@ def paddle_vision_reference(state: Mapping[str, np.ndarray]) -> paddle.nn.Layer:
     if report:
         raise VerifyError(f"the checkpoint does not fit paddle.vision's densenet121:\n{report}")
     model.set_state_dict(weights)
-    return model.eval()
+    model.eval()  # returns None in Paddle 2.6 and 3.0 (utils/compat.py)
+    return model
 
 
 def random_images(count: int, seed: int = 0, size: int = 224, cells: int = 16) -> np.ndarray:
@@ -243,7 +244,8 @@ class _Runner:
 
     def __init__(self, fmt: str, source_state: Mapping[str, np.ndarray], converted: DenseNet) -> None:
         self.fmt = fmt
-        self.converted = converted.eval()
+        converted.eval()  # returns None in Paddle 2.6 and 3.0 (utils/compat.py)
+        self.converted = converted
         if fmt in ("arnoweng", "torchvision"):
             self.reference = torchvision_reference(source_state)
             self.description = "torchvision.models.densenet121 (torchvision's own key loading, strict)"

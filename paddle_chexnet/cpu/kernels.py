@@ -38,6 +38,7 @@ from types import ModuleType
 import paddle
 
 from paddle_chexnet.cpu.runtime import cpu_flags
+from paddle_chexnet.utils.compat import builds_cpu_kernels
 from paddle_chexnet.utils.paths import cache_root
 
 logger = logging.getLogger(__name__)
@@ -190,8 +191,8 @@ _prepare_attempted = False
 
 
 def kernels_available_here() -> bool:
-    """True where the kernels may run: Linux, and not turned off with ``PADDLE_CHEXNET_CPU_KERNELS=0``."""
-    return kernels_enabled() and sys.platform.startswith("linux")
+    """True where the kernels may run: Linux, Paddle 3.1+, and not turned off (``PADDLE_CHEXNET_CPU_KERNELS=0``)."""
+    return kernels_enabled() and sys.platform.startswith("linux") and builds_cpu_kernels()
 
 
 def prepare_kernels(directory: Path | None = None) -> ModuleType | None:

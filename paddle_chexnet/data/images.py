@@ -12,12 +12,21 @@ less resizing work than the reference's ``convert('RGB')``.
 X-ray detectors fill 10 to 14 of the 16 bits, so scaling by 65535 would give
 a nearly black picture. (The reference's ``convert('RGB')`` clips them to 255,
 which is worse.)
+
+8-bit gray, RGB and RGBA PNGs (all of NIH's) are decoded by OpenCV when an
+OpenCV wheel is installed (``opencv-python-headless``, or the ``opencv-python``
+an environment already has): it is faster than PIL and gives the same pixels
+(``benchmarks/bench_decode.py`` checks both). Every other file, and any PNG that
+OpenCV does not decode as expected, goes through PIL; resizing is PIL's in
+every case (:mod:`paddle_chexnet.data.transforms`).
 """
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -35,6 +44,48 @@ IMAGE_SUFFIXES = PICTURE_SUFFIXES | DICOM_SUFFIXES
 
 class ImageReadError(OSError):
     """An image file that is missing, truncated or not an image."""
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk's type and CRC: the last 8 bytes of a complete PNG
+#: PNG colour types OpenCV decodes here, and the array shape each gives (0 gray, 2 RGB, 6 RGBA)
+_OPENCV_CHANNELS = {0: None, 2: 3, 6: 4}
+
+
+@functools.lru_cache(maxsize=None)
+def opencv() -> ModuleType | None:
+    """The ``cv2`` module when an OpenCV wheel is installed, else ``None`` (PIL decodes everything)."""
+    try:
+        import cv2
+    except ImportError:
+        return None
+    return cv2
+
+
+def opencv_decodes(header: bytes) -> bool:
+    """True for the start of an 8-bit gray, RGB or RGBA PNG (its first 26 bytes suffice)."""
+    return (len(header) >= 26 and header.startswith(_PNG_SIGNATURE) and header[12:16] == b"IHDR"
+            and header[24] == 8 and header[25] in _OPENCV_CHANNELS)
+
+
+def decode_png_opencv(data: bytes, cv2: ModuleType) -> Image.Image | None:
+    """Decode a complete 8-bit gray/RGB/RGBA PNG with OpenCV into what :func:`to_model_mode` gives, or ``None``.
+
+    ``None`` (the caller then uses PIL) for any other file, a truncated one, or a decode whose
+    shape is not the one the header promises (OpenCV may expand a ``tRNS`` transparency to alpha).
+    """
+    if not (opencv_decodes(data) and data.endswith(_PNG_END)):
+        return None
+    planes = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    channels = _OPENCV_CHANNELS[data[25]]
+    if planes is None or planes.dtype != np.uint8 or planes.shape[2:] != ((channels,) if channels else ()):
+        return None
+    if channels is None:
+        return Image.fromarray(planes)
+    blue, green, red = planes[..., 0], planes[..., 1], planes[..., 2]  # OpenCV's order; alpha dropped
+    if np.array_equal(blue, green) and np.array_equal(blue, red):
+        return Image.fromarray(np.ascontiguousarray(blue))
+    return Image.fromarray(np.ascontiguousarray(planes[..., 2::-1]))
 
 
 def scale_to_uint8(values: np.ndarray) -> np.ndarray:
@@ -79,12 +130,23 @@ def read_xray(path: str | Path) -> Image.Image:
     if suffix in DICOM_SUFFIXES or (suffix not in PICTURE_SUFFIXES | {'.gif', '.webp'} and is_dicom_file(path)):
         return read_dicom(path)
     try:
-        with Image.open(path) as opened:
-            opened.load()
-            return to_model_mode(opened)
+        with open(path, "rb") as handle:
+            header = handle.read(26)
+            cv2 = opencv() if opencv_decodes(header) else None
+            if cv2 is not None:
+                image = decode_png_opencv(header + handle.read(), cv2)
+                if image is not None:
+                    return image
+            handle.seek(0)
+            with Image.open(handle) as opened:
+                opened.load()
+                return to_model_mode(opened)
     except FileNotFoundError as exc:
         raise ImageReadError(f"image file not found: {path}") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError as exc:  # PIL's own text names the file handle, not the path
+        raise ImageReadError(f"cannot read image {path}: not an image file PIL can identify. Is the file complete "
+                             "(re-extract it)?") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(f"cannot read image {path}: {exc}. Is the file complete (re-extract it)?") from exc
 
 

@@ -18,6 +18,7 @@ import paddle
 from paddle_chexnet.models.base import WithSigmoid
 from paddle_chexnet.models.loading import load_network
 from paddle_chexnet.models.state_dict import require_weights_file
+from paddle_chexnet.utils.compat import program_file
 from paddle_chexnet.utils.hashing import file_sha256
 from paddle_chexnet.utils.paths import cache_root
 
@@ -43,12 +44,12 @@ def export_model(net: paddle.nn.Layer, prefix: str | Path, crop: int = 224) -> P
 
 
 def model_file(prefix: str | Path) -> Path:
-    """The graph file of an export at ``prefix`` (``.json`` or ``.pdmodel``); ``FileNotFoundError`` if neither."""
-    for suffix in (".json", ".pdmodel"):
-        candidate = Path(f"{prefix}{suffix}")
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"no exported model at {prefix}.json or {prefix}.pdmodel")
+    """The graph file of an export at ``prefix`` (``.json`` or ``.pdmodel``) that this Paddle loads.
+
+    Raises:
+        FileNotFoundError: there is none (see :func:`~paddle_chexnet.utils.compat.program_file`).
+    """
+    return program_file(prefix)
 
 
 def default_cache_dir() -> Path:
