@@ -26,7 +26,8 @@ from conftest import REPO_ROOT
 packaging_requirements = pytest.importorskip("packaging.requirements")
 packaging_version = pytest.importorskip("packaging.version")
 
-REQUIREMENT_FILES = ("requirements.txt", "requirements-cpu.txt", "requirements-dev.txt")
+REQUIREMENT_FILES = ("requirements.txt", "requirements-cpu.txt", "requirements-dev.txt", "requirements-app.txt",
+                     "requirements-export.txt")
 PADDLE_WHEELS = {"paddlepaddle", "paddlepaddle-gpu"}
 
 
@@ -92,7 +93,7 @@ def wheelhouse(tmp_path_factory) -> Path:
     if packaging_version.Version(setuptools) < packaging_version.Version("77"):
         pytest.skip(f"setuptools {setuptools} is older than the build backend needs (>=77, the dev extra's)")
     repack_installed("setuptools", folder)
-    made = {"setuptools"}
+    versions: dict[str, str] = {}  # one stand-in per name, satisfying every file that names it
     for filename in REQUIREMENT_FILES:
         for line in (REPO_ROOT / filename).read_text().splitlines():
             line = line.split("#", 1)[0].strip()
@@ -100,9 +101,13 @@ def wheelhouse(tmp_path_factory) -> Path:
                 continue
             requirement = packaging_requirements.Requirement(line)
             name = _normalise(requirement.name)
-            if name not in made:
-                write_wheel(folder, name, stand_in_version(requirement))
-                made.add(name)
+            if name == "setuptools":
+                continue
+            version = stand_in_version(requirement)
+            if name not in versions or packaging_version.Version(version) > packaging_version.Version(versions[name]):
+                versions[name] = version
+    for name, version in versions.items():
+        write_wheel(folder, name, version)
     for name, version in [("paddlepaddle-gpu", "3.0.0"), ("opencv-python", "4.10.0.84")]:
         package = "cv2" if name.startswith("opencv") else "paddle"
         write_wheel(folder, name, version,
