@@ -41,8 +41,9 @@ import numpy as np
 import paddle
 
 from paddle_chexnet.models.state_dict import check_state_dict, non_finite_tensors
+from paddle_chexnet.utils import io as io_utils
 from paddle_chexnet.utils.hashing import file_sha256
-from paddle_chexnet.utils.io import atomic_paddle_save, atomic_path, atomic_write_text
+from paddle_chexnet.utils.io import atomic_paddle_save, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ def _to_jsonable(value: Any) -> Any:
 
 def _publish(stored: Path, visible: Path) -> None:
     """Point ``visible`` at ``stored`` atomically: a hard link, or a copy where links are not possible."""
-    with atomic_path(visible) as tmp:
+    with io_utils.atomic_path(visible) as tmp:
         tmp.unlink()
         try:
             os.link(stored, tmp)
