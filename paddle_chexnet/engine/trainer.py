@@ -278,7 +278,7 @@ def _run_training(config: TrainConfig) -> TrainResult:
         raise ValueError("--amp needs a GPU (mixed precision on the CPU is slower, not faster); drop --amp")
     use_cpu_backend(device)
     if config.deterministic:
-        paddle.set_flags({"FLAGS_cudnn_deterministic": True})
+        use_deterministic_kernels()
     seed_everything(config.seed)
 
     train_set, val_set = build_datasets(config)
@@ -362,6 +362,26 @@ def _run_training(config: TrainConfig) -> TrainResult:
     return _result(config, state, net, early_stopping)
 
 
+def use_deterministic_kernels() -> bool:
+    """Ask cuDNN for deterministic kernels (``FLAGS_cudnn_deterministic``), so a resumed GPU run repeats.
+
+    cuDNN's fastest convolution algorithms add in a varying order; with the flag a run and
+    its resume agree as they do on the CPU, at some cost in speed. The environment variable
+    is set too, for processes started later; a CPU build has no such flag (nothing to do).
+
+    Returns:
+        bool: the flag was set in this process's Paddle.
+    """
+    import os
+
+    os.environ["FLAGS_cudnn_deterministic"] = "1"
+    try:
+        paddle.set_flags({"FLAGS_cudnn_deterministic": True})
+    except ValueError:  # a CPU build: no cuDNN
+        return False
+    return True
+
+
 # Warnings Paddle's own code gives for how paddle.Model and BatchNorm are used here, on every epoch,
 # that tell a user nothing: paddle.Model's train_batch calls paddle.to_tensor on the labels the
 # DataLoader already made tensors, and BatchNorm says in training mode that it tracks statistics.
@@ -384,6 +404,11 @@ SHARED_MEMORY_HELP = ("if /dev/shm is small (`df -h /dev/shm`; Docker gives 64 M
                       "pass --no-shared-memory, or --num-workers 0")
 
 
+# what Paddle's DataLoader raises or says when a loader process dies (killed by SIGBUS when /dev/shm is full)
+_LOADER_CRASH_MESSAGES = ("Blocking queue is killed", "reader thread raised", "workers exit unexpectedly",
+                          "DataLoader worker", "Bus error", "BUS error")
+
+
 @contextlib.contextmanager
 def _explain_loader_crash(config: TrainConfig) -> Iterator[None]:
     """Turn Paddle's report of a loader process killed by a signal (a bus error: /dev/shm full) into advice."""
@@ -391,8 +416,7 @@ def _explain_loader_crash(config: TrainConfig) -> Iterator[None]:
         yield
     except (RuntimeError, SystemError) as exc:
         text = str(exc)
-        if config.num_workers > 0 and ("DataLoader" in text or "worker" in text.lower()) and (
-                "exit" in text.lower() or "signal" in text.lower() or "bus error" in text.lower()):
+        if config.num_workers > 0 and any(key in text for key in _LOADER_CRASH_MESSAGES):
             hint = SHARED_MEMORY_HELP if config.shared_memory else "try --num-workers 0 to see the error"
             raise UserError(f"a data-loader process died ({text.strip().splitlines()[-1]}); {hint}") from exc
         raise
