@@ -98,6 +98,8 @@ def test_ranks_equal_each_other_and_a_single_process_step(two_process_run) -> No
     config, root = two_process_run
     rank0, rank1 = load(root / "rank0.pdparams"), load(root / "rank1.pdparams")
     assert json.loads((root / "rank0.json").read_text())["world_size"] == 2
+    # --device cpu: gloo, also where a CUDA build of Paddle would pick NCCL (engine.distributed.use_cpu_backend)
+    assert {json.loads((root / f"rank{r}.json").read_text())["backend"] for r in (0, 1)} == {"gloo"}
     for key in rank0:
         np.testing.assert_allclose(rank1[key], rank0[key], rtol=0, atol=1e-7, err_msg=key)
 
