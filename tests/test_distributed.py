@@ -59,7 +59,8 @@ def two_process_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainConf
     done = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         logs = "\n".join(p.read_text()[-3000:] for p in sorted((root / "launch").glob("workerlog.*")))
-        pytest.fail(f"distributed run failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}\n{logs}")
+        pytest.fail(f"distributed run failed ({done.returncode}):\n{done.stdout[-2000:]}\n"
+                    f"{done.stderr[-2000:]}\n{logs}")
     return config, root
 
 

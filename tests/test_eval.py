@@ -208,7 +208,8 @@ def test_defaults_follow_the_layout():
     assert args.label_list is None  # DATA_DIR/labels/test_list.txt
 
 
-@pytest.mark.filterwarnings("ignore::paddle_chexnet.evaluation.metrics.UndefinedAUROCWarning")  # 6 images: rare findings absent
+# 6 images: rare findings absent
+@pytest.mark.filterwarnings("ignore::paddle_chexnet.evaluation.metrics.UndefinedAUROCWarning")
 def test_real_sample_center_crop_subset(tmp_path, sample_dir, weights):
     """The real PNGs (incl. the RGBA one) through eval.py: 6 images, center crop, both backends agree."""
     names = sorted(p.name for p in (sample_dir / "images").glob("*.png"))
