@@ -260,19 +260,17 @@ def run_training(config: TrainConfig) -> TrainResult:
     """
     if config.amp and config.device.lower() == "cpu":
         raise ValueError("--amp needs a GPU (mixed precision on the CPU is slower, not faster); drop --amp")
-    lock = None
+    with contextlib.ExitStack() as stack:
+        return _run_training(config, stack)
+
+
+def _run_training(config: TrainConfig, stack: contextlib.ExitStack) -> TrainResult:
+    # the data paths and lists first (seconds): a typo leaves no run folder behind
+    train_set, val_set = build_datasets(config)
     if is_main_process():
         from paddle_chexnet.engine.run_folder import claim_run_folder
 
-        lock = claim_run_folder(config.checkpoint_dir, config.resume, config.overwrite)
-    try:
-        return _run_training(config)
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-def _run_training(config: TrainConfig) -> TrainResult:
+        stack.enter_context(claim_run_folder(config.checkpoint_dir, config.resume, config.overwrite))
     device = prepare_device(config.device, config.cpu_threads)
     if config.amp and not device.startswith("gpu"):
         raise ValueError("--amp needs a GPU (mixed precision on the CPU is slower, not faster); drop --amp")
@@ -280,8 +278,6 @@ def _run_training(config: TrainConfig) -> TrainResult:
     if config.deterministic:
         use_deterministic_kernels()
     seed_everything(config.seed)
-
-    train_set, val_set = build_datasets(config)
     class_names = tuple(train_set.class_names)
     size_check = _check_image_sizes_in_background(train_set, val_set, config.crop) if is_main_process() else None
     net = build_network(config, len(class_names), class_names)
