@@ -180,12 +180,14 @@ def test_resume_lists_changed_settings_and_cleans_stale_files(data_dir, tmp_path
     folder = tmp_path / "outputs" / "chexnet"
     stale = folder / ".last.pdopt.k2j4h5.tmp"  # a kill during a save
     stale.write_bytes(b"partial")
+    stale_log = tmp_path / "logs" / "chexnet" / ".history.csv.x1y2.tmp"
+    stale_log.write_text("epoch,")
     with open(data_dir / "labels" / "val_list.txt", "a") as handle:  # the list is edited in place
         handle.write("\n")
     caplog.set_level(logging.WARNING)
     result = run_training(tiny_config(data_dir, tmp_path, epochs=2, resume=True, batch_size=2, lr=5e-3,
                                       schedule="constant", num_workers=1))
-    assert len(result.history) == 2 and not stale.exists()
+    assert len(result.history) == 2 and not stale.exists() and not stale_log.exists()
     (warning,) = [r.getMessage() for r in caplog.records if "differ from the checkpoint" in r.getMessage()]
     assert "--resume with 4 setting(s)" in warning
     for part in ("batch_size: 4 -> 2", "lr: 0.001 -> 0.005", "schedule: 'plateau' -> 'constant'",
@@ -391,6 +393,24 @@ def test_eval_skip_unreadable_lists_the_image_and_the_reason(tmp_path, caplog, n
         str(_without(tmp_path / "d" / "labels" / "test_list.txt", "00000005_000.png", tmp_path / "l.txt"))]))
     # the other images' results are unchanged (to float rounding: the batches are made of other images)
     np.testing.assert_allclose(result.probs, full.probs, rtol=0, atol=1e-6)
+
+
+def test_parallel_eval_worker_leaves_out_an_unreadable_image(tmp_path, monkeypatch):
+    import paddle_chexnet.evaluation.evaluate as evaluation
+    from paddle_chexnet.data.images import ImageReadError
+    from paddle_chexnet.inference.predictors import DygraphPredictor
+
+    images, _ = _make_dataset(tmp_path / "d", n=3, nested=False)
+    _truncate(images / "00000001_000.png")
+    monkeypatch.setattr(evaluation, "_WORKER_PREDICTOR", DygraphPredictor(DenseNet(**TINY, num_classes=14)))
+    paths = [str(images / f"0000000{i}_000.png") for i in range(3)]
+    out, errors = evaluation._predict_images(paths, "center", 40, 32, skip_unreadable=True)
+    assert list(errors) == [1] and "00000001_000.png" in errors[1]
+    assert np.isnan(out[1]).all() and np.isfinite(out[[0, 2]]).all()
+    alone, _ = evaluation._predict_images([paths[2]], "center", 40, 32)
+    np.testing.assert_allclose(out[2], alone[0], rtol=0, atol=1e-6)
+    with pytest.raises(ImageReadError, match="00000001_000.png"):
+        evaluation._predict_images(paths, "center", 40, 32)
 
 
 def _without(labels: Path, name: str, out: Path) -> Path:

@@ -271,6 +271,8 @@ def _run_training(config: TrainConfig, stack: contextlib.ExitStack) -> TrainResu
         from paddle_chexnet.engine.run_folder import claim_run_folder
 
         stack.enter_context(claim_run_folder(config.checkpoint_dir, config.resume, config.overwrite))
+        for stale in config.run_log_dir.glob(".*.tmp"):  # an atomic write of history.csv a kill interrupted
+            stale.unlink(missing_ok=True)
     device = prepare_device(config.device, config.cpu_threads)
     if config.amp and not device.startswith("gpu"):
         raise ValueError("--amp needs a GPU (mixed precision on the CPU is slower, not faster); drop --amp")
