@@ -381,20 +381,28 @@ def predict_dataset_parallel(
     probs = np.zeros((len(dataset), len(predictor.class_names)), dtype=np.float32)
     task = functools.partial(_predict_images, crops=crops, resize=resize, crop=crop,
                              skip_unreadable=on_error is not None)
-    pool = multiprocessing.get_context("spawn").Pool(processes, _init_inference_worker, (spec, dataset.reader))
+    # concurrent.futures, not multiprocessing.Pool: a worker that dies (a crash, the OOM killer) is an
+    # error here (BrokenProcessPool), where a Pool would wait forever for the lost batch
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    executor = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_inference_worker, initargs=(spec, dataset.reader))
     try:
         with tqdm(total=len(dataset), unit="img", desc=f"{crops}-crop x{processes}", disable=not progress,
                   dynamic_ncols=True) as bar:
             start = 0
-            for out, errors in pool.imap(task, chunks):
+            for out, errors in executor.map(task, chunks):
                 for position, reason in errors.items():
                     on_error(start + position, reason)
                 probs[start:start + len(out)] = out
                 start += len(out)
                 bar.update(len(out))
+    except BrokenProcessPool as exc:
+        raise RuntimeError(f"an inference process of --processes {processes} died ({exc}); run with "
+                           "--processes 1 to see the error") from exc
     finally:
-        pool.terminate()
-        pool.join()
+        executor.shutdown(wait=True, cancel_futures=True)
     return probs
 
 
