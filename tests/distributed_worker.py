@@ -6,6 +6,7 @@ saves this rank's parameters (and BatchNorm buffers) to OUT_DIR/rank{r}.pdparams
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -23,6 +24,7 @@ def main(config_path: str, out_dir: str) -> None:
     (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps({
         "world_size": paddle.distributed.get_world_size(),
         "history": result.history,
+        "backend": os.environ.get("PADDLE_DISTRI_BACKEND"),
     }))
 
 

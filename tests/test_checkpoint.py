@@ -11,12 +11,13 @@ import pytest
 import paddle_chexnet.utils.io as io_utils
 from paddle_chexnet.engine.checkpoint import (
     CheckpointError,
-    checkpoint_paths,
+    checkpoint_files,
     find_resumable,
     load_checkpoint,
     optimizer_state,
     read_checkpoint_meta,
     save_checkpoint,
+    tidy_checkpoint_dir,
 )
 from paddle_chexnet.engine.optim import build_optimizer, build_scheduler
 from paddle_chexnet.models.densenet import DenseNet
@@ -47,7 +48,11 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
     save_checkpoint(tmp_path, "last", net, optimizer, {"epoch": 4, "metric": {"auroc": np.float32(0.5)}})
     meta = json.loads((tmp_path / "last.json").read_text())
     assert meta["epoch"] == 4 and meta["metric"]["auroc"] == 0.5
-    assert set(meta["files"]) == {"last.pdparams", "last.pdopt"}
+    # the JSON names the stored files it was committed with; last.* are the same files under the names users see
+    assert sorted(Path(f).suffix for f in meta["files"]) == [".pdopt", ".pdparams"]
+    assert all(f.startswith(".store/last-") for f in meta["files"])
+    for relative in meta["files"]:
+        assert (tmp_path / relative).samefile(tmp_path / ("last" + Path(relative).suffix))
     other = tiny_net()
     load_checkpoint(tmp_path, "last", other)
     for key, value in params(net).items():
@@ -80,10 +85,14 @@ class Crash(BaseException):
     """Stands for the process being killed (not an Exception, so nothing catches it)."""
 
 
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def test_crash_while_writing_leaves_the_previous_checkpoint_loadable(tmp_path: Path, monkeypatch) -> None:
     old_net, old_opt = trained(1)
     save_checkpoint(tmp_path, "last", old_net, old_opt, {"epoch": 0})
-    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    before = _files(tmp_path)
 
     new_net, new_opt = trained(3, seed=1)
     real_save = paddle.save
@@ -99,20 +108,27 @@ def test_crash_while_writing_leaves_the_previous_checkpoint_loadable(tmp_path: P
         save_checkpoint(tmp_path, "last", new_net, new_opt, {"epoch": 1})
     monkeypatch.undo()
 
-    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # untouched, no temp file left
+    assert _files(tmp_path) == before  # untouched, no temp file left
     restored = tiny_net()
     assert load_checkpoint(tmp_path, "last", restored)["epoch"] == 0
     for key, value in params(old_net).items():
         np.testing.assert_array_equal(params(restored)[key], value, err_msg=key)
 
 
-def test_crash_between_files_is_detected_and_resume_falls_back(tmp_path: Path, monkeypatch) -> None:
+def test_crash_before_the_json_keeps_last_whole(tmp_path: Path, monkeypatch) -> None:
+    """Killed after both binary files were written but before the JSON: ``last`` is the previous one, whole.
+
+    Before the JSON named its files, the same kill left a new last.pdparams beside the old last.json, and
+    resuming fell back to an older ``best``.
+    """
     net0, opt0 = trained(1)
     save_checkpoint(tmp_path, "best", net0, opt0, {"epoch": 0})
     save_checkpoint(tmp_path, "last", net0, opt0, {"epoch": 0})
-    assert find_resumable(tmp_path) == "last"
-
     net1, opt1 = trained(2, seed=1)
+    save_checkpoint(tmp_path, "last", net1, opt1, {"epoch": 1})
+    before = params(net1)
+
+    net2, opt2 = trained(3, seed=2)
     import paddle_chexnet.engine.checkpoint as checkpoint
 
     def crash(path, text):
@@ -120,25 +136,53 @@ def test_crash_between_files_is_detected_and_resume_falls_back(tmp_path: Path, m
 
     monkeypatch.setattr(checkpoint, "atomic_write_text", crash)  # killed after .pdparams/.pdopt, before .json
     with pytest.raises(Crash):
-        save_checkpoint(tmp_path, "last", net1, opt1, {"epoch": 1})
+        save_checkpoint(tmp_path, "last", net2, opt2, {"epoch": 2})
     monkeypatch.undo()
 
-    with pytest.raises(CheckpointError, match="two different epochs"):
-        read_checkpoint_meta(tmp_path, "last")
-    with pytest.raises(CheckpointError, match="two different epochs"):
-        load_checkpoint(tmp_path, "last", tiny_net())
-    assert find_resumable(tmp_path) == "best"  # consistent, so a resume can continue from it
-    # the new weights file itself is whole and loads as plain weights
-    from paddle_chexnet.models.state_dict import load_weights
+    assert find_resumable(tmp_path) == "last"  # not 'best': last is whole
+    restored = tiny_net()
+    assert load_checkpoint(tmp_path, "last", restored)["epoch"] == 1
+    for key, value in before.items():
+        np.testing.assert_array_equal(params(restored)[key], value, err_msg=key)
+    # the orphaned new files are removed at the next start
+    assert len(list((tmp_path / ".store").iterdir())) == 6
+    tidy_checkpoint_dir(tmp_path)
+    assert len(list((tmp_path / ".store").iterdir())) == 4
 
-    load_weights(tiny_net(), checkpoint_paths(tmp_path, "last")["params"])
+
+def test_a_changed_file_is_detected_and_resume_falls_back(tmp_path: Path) -> None:
+    net0, opt0 = trained(1)
+    save_checkpoint(tmp_path, "best", net0, opt0, {"epoch": 0})
+    save_checkpoint(tmp_path, "last", net0, opt0, {"epoch": 0})
+    stored = checkpoint_files(tmp_path, "last")["params"]
+    data = bytearray(stored.read_bytes())
+    data[-1] ^= 1
+    stored.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="SHA-256 differs"):
+        read_checkpoint_meta(tmp_path, "last")
+    with pytest.raises(CheckpointError, match="SHA-256 differs"):
+        load_checkpoint(tmp_path, "last", tiny_net())
+    assert find_resumable(tmp_path) == "best"
+
+
+def test_tidy_removes_stale_temporary_files_and_repairs_the_visible_names(tmp_path: Path) -> None:
+    net0, opt0 = trained(1)
+    save_checkpoint(tmp_path, "last", net0, opt0, {"epoch": 0})
+    stale = [tmp_path / ".last.pdopt.abc123.tmp", tmp_path / ".store" / ".last-1.pdparams.x.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a file")
+    (tmp_path / "last.pdparams").unlink()  # killed between the JSON and the visible names
+    removed = tidy_checkpoint_dir(tmp_path)
+    assert sorted(removed) == sorted(stale) and not any(p.exists() for p in stale)
+    assert (tmp_path / "last.pdparams").samefile(checkpoint_files(tmp_path, "last")["params"])
 
 
 def test_incomplete_checkpoint_names_the_missing_file(tmp_path: Path) -> None:
     net, opt = trained(1)
     save_checkpoint(tmp_path, "last", net, opt, {"epoch": 0})
-    (tmp_path / "last.pdopt").unlink()
-    with pytest.raises(CheckpointError, match="last.pdopt"):
+    stored_opt = checkpoint_files(tmp_path, "last")["opt"]
+    stored_opt.unlink()
+    with pytest.raises(CheckpointError, match=stored_opt.name):
         read_checkpoint_meta(tmp_path, "last")
     with pytest.raises(CheckpointError, match="no consistent checkpoint"):
         find_resumable(tmp_path)
@@ -156,7 +200,22 @@ def test_atomic_helpers_used_for_every_file(tmp_path: Path, monkeypatch) -> None
     monkeypatch.setattr(io_utils, "atomic_path", spy)
     net, opt = trained(1)
     save_checkpoint(tmp_path, "best", net, opt, {"epoch": 0})
-    assert written == ["best.pdparams", "best.pdopt", "best.json"]  # the JSON, with the digests, last
+    # both binary files under new names, then the JSON naming them (the commit), then the names users see
+    assert [Path(w).suffix for w in written[:2]] == [".pdparams", ".pdopt"] and written[0].startswith("best-")
+    assert written[2:] == ["best.json", "best.pdparams", "best.pdopt"]
+
+
+def test_non_finite_weights_are_never_saved(tmp_path: Path) -> None:
+    from paddle_chexnet.engine.checkpoint import NonFiniteCheckpointError
+
+    net, opt = trained(1)
+    save_checkpoint(tmp_path, "last", net, opt, {"epoch": 0})
+    before = _files(tmp_path)
+    weight = net.features.conv0.weight
+    weight.set_value(paddle.full(weight.shape, float("nan")))
+    with pytest.raises(NonFiniteCheckpointError, match=r"weights hold NaN or infinity in 1 tensor.*features.conv0"):
+        save_checkpoint(tmp_path, "last", net, opt, {"epoch": 1})
+    assert _files(tmp_path) == before
 
 
 _SAVER = r"""

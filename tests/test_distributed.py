@@ -59,7 +59,8 @@ def two_process_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainConf
     done = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         logs = "\n".join(p.read_text()[-3000:] for p in sorted((root / "launch").glob("workerlog.*")))
-        pytest.fail(f"distributed run failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}\n{logs}")
+        pytest.fail(f"distributed run failed ({done.returncode}):\n{done.stdout[-2000:]}\n"
+                    f"{done.stderr[-2000:]}\n{logs}")
     return config, root
 
 
@@ -98,6 +99,8 @@ def test_ranks_equal_each_other_and_a_single_process_step(two_process_run) -> No
     config, root = two_process_run
     rank0, rank1 = load(root / "rank0.pdparams"), load(root / "rank1.pdparams")
     assert json.loads((root / "rank0.json").read_text())["world_size"] == 2
+    # --device cpu: gloo, also where a CUDA build of Paddle would pick NCCL (engine.distributed.use_cpu_backend)
+    assert {json.loads((root / f"rank{r}.json").read_text())["backend"] for r in (0, 1)} == {"gloo"}
     for key in rank0:
         np.testing.assert_allclose(rank1[key], rank0[key], rtol=0, atol=1e-7, err_msg=key)
 

@@ -175,8 +175,8 @@ def test_eval_script_skip_missing_and_errors(tmp_path, weights):
     with pytest.raises(FileNotFoundError, match=r"1 of 6 images .*00000004_000.png.*--skip-missing"):
         _run_eval(*common, "--output-dir", str(tmp_path / "o"))
     result = _run_eval(*common, "--output-dir", str(tmp_path / "o"), "--skip-missing")
-    assert result.skipped == ["00000004_000.png"] and len(result.names) == 5
-    assert (tmp_path / "o" / "skipped.txt").read_text().split() == ["00000004_000.png"]
+    assert result.skipped == [f"00000004_000.png\tmissing under {images}"] and len(result.names) == 5
+    assert (tmp_path / "o" / "skipped.txt").read_text() == f"00000004_000.png\tmissing under {images}\n"
     with pytest.raises(FileNotFoundError, match="convert_torch.py"):
         _run_eval(*common, "--output-dir", str(tmp_path / "o"), "--weights", str(tmp_path / "none.pdparams"))
     with pytest.raises(FileNotFoundError, match="label list not found"):
@@ -208,7 +208,8 @@ def test_defaults_follow_the_layout():
     assert args.label_list is None  # DATA_DIR/labels/test_list.txt
 
 
-@pytest.mark.filterwarnings("ignore::paddle_chexnet.evaluation.metrics.UndefinedAUROCWarning")  # 6 images: rare findings absent
+# 6 images: rare findings absent
+@pytest.mark.filterwarnings("ignore::paddle_chexnet.evaluation.metrics.UndefinedAUROCWarning")
 def test_real_sample_center_crop_subset(tmp_path, sample_dir, weights):
     """The real PNGs (incl. the RGBA one) through eval.py: 6 images, center crop, both backends agree."""
     names = sorted(p.name for p in (sample_dir / "images").glob("*.png"))

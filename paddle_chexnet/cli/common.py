@@ -13,8 +13,10 @@ checkpoint, a diverged training run); 130 interrupted with Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 
 from paddle_chexnet.errors import UnusableFileError, UserError
@@ -53,6 +55,22 @@ def setup_logging(verbose: bool = False, main_process: bool = True) -> None:
     root.setLevel(level)
 
 
+def _log_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` for commands: one log line, without the source line Python echoes."""
+    logging.getLogger("py.warnings").warning("%s", message)
+
+
+@contextlib.contextmanager
+def warnings_as_log_lines():
+    """Inside the block, each warning is one log line (``WARNING <message>``) instead of two lines of stderr."""
+    previous = warnings.showwarning
+    warnings.showwarning = _log_warning
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
+
+
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Exceptions that end a command with their message and exit code 1 (no traceback)."""
     return (UserError, ValueError, ImportError, OSError)
@@ -80,7 +98,8 @@ def run_command(
     args = get_args_parser().parse_args(argv)
     setup_logging(getattr(args, "verbose", False))
     try:
-        code = main(args)
+        with warnings_as_log_lines():
+            code = main(args)
     except KeyboardInterrupt:
         logger.error("interrupted")
         return EXIT_INTERRUPTED

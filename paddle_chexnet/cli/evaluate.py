@@ -55,6 +55,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "~/.cache/paddle_chexnet/exports)")
     parser.add_argument("--skip-missing", "--skip_missing", action="store_true",
                         help="evaluate on the listed images that exist; list the others in OUTPUT_DIR/skipped.txt")
+    parser.add_argument("--skip-unreadable", "--skip_unreadable", action="store_true",
+                        help="leave out images that cannot be read (truncated or not images) instead of stopping; "
+                             "they are listed with the reason in OUTPUT_DIR/skipped.txt")
+    parser.add_argument("--fp16", action="store_true",
+                        help="float16 autocast on a GPU (dygraph backend): faster, probabilities within ~1e-3")
     parser.add_argument("--resize", type=int, default=256, help="shorter side after resizing")
     parser.add_argument("--crop", type=int, default=224, help="crop size")
     parser.add_argument("--no-plot", "--no_plot", action="store_true", help="do not draw the ROC curves")
@@ -63,9 +68,42 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_weights_fit_labels(weights: str | Path, class_names: Sequence[str], label_list: str | Path) -> None:
+    """Refuse, before anything is loaded, weights whose outputs are not the label list's classes.
+
+    Raises:
+        UnusableFileError: another number of outputs (an ImageNet DenseNet has 1000) or other names.
+    """
+    from paddle_chexnet.errors import UnusableFileError
+    from paddle_chexnet.models.loading import network_spec
+
+    spec = network_spec(weights)
+    if spec.num_classes != len(class_names):
+        hint = (" (an ImageNet classifier: convert with `python tools/convert_torch.py SRC --head resize "
+                f"--num-classes {len(class_names)}` for a {len(class_names)}-class file, whose new classifier "
+                "then needs training with train.py)") if spec.num_classes == 1000 else ""
+        raise UnusableFileError(
+            f"--weights {weights} has {spec.num_classes} outputs and the label list {label_list} has "
+            f"{len(class_names)} classes{hint}; evaluate weights trained for these classes"
+        )
+    if tuple(spec.class_names) != tuple(class_names):
+        raise UnusableFileError(
+            f"--weights {weights} predicts {list(spec.class_names)}, the label list {label_list} has "
+            f"{list(class_names)}; evaluate weights trained for these classes"
+        )
+
+
+def check_fp16(args: argparse.Namespace) -> None:
+    from paddle_chexnet.errors import UserError
+
+    if args.fp16 and (args.device.lower() == "cpu" or args.backend == "inference"):
+        raise UserError("--fp16 runs the network in float16 on a GPU with the dygraph backend; drop it on the CPU")
+
+
 def run(args: argparse.Namespace):
-    from paddle_chexnet.data.datasets import ChestXray14Dataset
+    from paddle_chexnet.data.datasets import ChestXray14Dataset, check_data_dir
     from paddle_chexnet.data.label_lists import read_label_list
+    from paddle_chexnet.errors import UserError
     from paddle_chexnet.evaluation.evaluate import evaluate
     from paddle_chexnet.inference.predictors import load_predictor
     from paddle_chexnet.models.state_dict import require_weights_file
@@ -76,20 +114,29 @@ def run(args: argparse.Namespace):
     image_dir = Path(args.image_dir) if args.image_dir else data_dir / "images"
     label_list = Path(args.label_list) if args.label_list else data_dir / "labels" / "test_list.txt"
     # cheap checks first: a typo fails before the model is built or an image decoded
+    for flag in ("batch_size", "processes", "resize", "crop"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    check_fp16(args)
     require_weights_file(args.weights)
     output_dir = ensure_output_dir(args.output_dir)
+    if not (args.image_dir and args.label_list):
+        check_data_dir(data_dir)
     labels = read_label_list(label_list)
+    check_weights_fit_labels(args.weights, labels.class_names, label_list)
     dataset = ChestXray14Dataset(image_dir, labels, skip_missing=args.skip_missing)
     if dataset.skipped:
         logger.warning("skipped %d missing images (listed in %s)", len(dataset.skipped), output_dir / "skipped.txt")
     device = prepare_device(args.device, args.num_threads)
+    if args.fp16 and not device.startswith("gpu"):
+        raise UserError("--fp16 needs a GPU; this run is on the CPU")
     predictor = load_predictor(args.weights, args.backend, device, args.crop, args.cache_dir, args.num_threads,
                                args.micro_batch)
     logger.info("%d images, %s-crop, backend %s on %s", len(dataset), args.crops, predictor.backend, device)
     result = evaluate(
         predictor, dataset, output_dir, crops=args.crops, resize=args.resize, crop=args.crop,
         batch_size=args.batch_size, num_workers=args.num_workers, progress=not args.no_progress,
-        plot=not args.no_plot, processes=args.processes,
+        plot=not args.no_plot, processes=args.processes, skip_unreadable=args.skip_unreadable, fp16=args.fp16,
     )
     print(result.table())
     print(f"{len(result.names)} images in {result.seconds:.1f} s ({result.images_per_second:.2f} images/s); "

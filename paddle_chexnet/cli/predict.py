@@ -61,12 +61,55 @@ def check_box_arguments(args: argparse.Namespace) -> None:
                         f"{args.box_threshold}")
     if args.layer is not None and args.method == "cam":
         raise UserError("--layer applies to --cam gradcam and gradcampp; CAM uses the last feature map")
+    if args.resize < 1 or args.crop < 0 or args.crop > args.resize:
+        raise UserError(f"--resize must be at least 1 and --crop between 0 and --resize, got --resize {args.resize} "
+                        f"--crop {args.crop}")
+
+
+SKIP_HINT = "--skip-unreadable logs and skips such files"
+
+
+def check_inputs(paths: list[Path], skip_unreadable: bool, input_size: int) -> list[Path]:
+    """Read every input's header before the model is loaded: unreadable files and tiny images are found first.
+
+    Returns:
+        list[Path]: the readable files (all of them unless ``skip_unreadable``).
+
+    Raises:
+        ImageReadError: a file whose header cannot be read, without ``skip_unreadable`` (the message says it).
+    """
+    from paddle_chexnet.data.images import (
+        SMALL_IMAGE_FRACTION,
+        ImageReadError,
+        image_size,
+        read_xray,
+        small_images_message,
+    )
+
+    readable, small = [], []
+    for path in paths:
+        size = image_size(path)
+        if size is None:
+            try:  # only for the rare bad file: reading it whole gives the precise reason
+                read_xray(path)
+                reason = f"cannot read the header of {path}"
+            except ImageReadError as exc:
+                reason = str(exc)
+            if not skip_unreadable:
+                raise ImageReadError(f"{reason}; {SKIP_HINT}")
+            continue  # predict() skips and reports it
+        readable.append(path)
+        if min(size) < SMALL_IMAGE_FRACTION * input_size:
+            small.append((path, size))
+    if small:
+        logger.warning("%s", small_images_message(small, len(paths), input_size))
+    return readable
 
 
 def run(args: argparse.Namespace):
     from tqdm import tqdm
 
-    from paddle_chexnet.data.images import list_images
+    from paddle_chexnet.data.images import ImageReadError, list_images
     from paddle_chexnet.localization.cam import resolve_layer
     from paddle_chexnet.localization.predict import (
         PredictOptions,
@@ -80,7 +123,9 @@ def run(args: argparse.Namespace):
     check_box_arguments(args)
     spec = network_spec(args.weights)  # the weights' classes, to check thresholds before anything is loaded
     thresholds = read_thresholds(args.threshold, spec.class_names)
-    list_images(args.input)
+    inputs = check_inputs(list_images(args.input), args.skip_unreadable, args.crop or args.resize)
+    if not inputs:
+        raise ImageReadError(f"none of the files under {args.input} can be read as an image")
     ensure_output_dir(args.output_dir)
     device = prepare_device(args.device)
     net = load_network(args.weights)
@@ -99,8 +144,11 @@ def run(args: argparse.Namespace):
         skip_unreadable=args.skip_unreadable,
     )
     logger.info("weights %s (%s) on %s, %s heatmaps", args.weights, spec.arch, device, args.method)
-    result = predict(net, args.input, args.output_dir, options,
-                     progress_factory=lambda total: tqdm(total=total, unit="img", disable=None))
+    try:
+        result = predict(net, args.input, args.output_dir, options,
+                         progress_factory=lambda total: tqdm(total=total, unit="img", disable=None))
+    except ImageReadError as exc:
+        raise ImageReadError(f"{exc}; {SKIP_HINT}") from exc
     if not args.quiet:
         print(result.files["predictions_txt"].read_text(encoding="utf-8"), end="")
     logger.info("%d image(s), %d overlay(s), %d box(es); results in %s", len(result.predictions),

@@ -38,7 +38,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     from paddle_chexnet.engine.callbacks import NonFiniteLossError
-    from paddle_chexnet.engine.checkpoint import CheckpointError
+    from paddle_chexnet.engine.checkpoint import CheckpointError, NonFiniteCheckpointError
     from paddle_chexnet.engine.config import config_from_sources
     from paddle_chexnet.engine.distributed import is_main_process
     from paddle_chexnet.engine.trainer import run_training
@@ -48,8 +48,8 @@ def main(args: argparse.Namespace) -> int:
     config = config_from_sources(typed, args.config)
     try:
         result = run_training(config)
-    except NonFiniteLossError as exc:
-        logger.error("%s", exc)
+    except (NonFiniteLossError, NonFiniteCheckpointError) as exc:
+        logger.error("error: %s", exc)
         return 2
     except CheckpointError as exc:
         logger.error("error: %s", exc)

@@ -1,7 +1,9 @@
 """Image folders (flat or NIH's nested layout) and the Paddle dataset of labelled X-rays."""
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -13,8 +15,6 @@ from paddle_chexnet.data.images import DICOM_SUFFIXES, IMAGE_SUFFIXES, ImageRead
 from paddle_chexnet.data.label_lists import LabelList, read_label_list
 
 logger = logging.getLogger(__name__)
-
-
 
 
 class MissingImagesError(FileNotFoundError):
@@ -53,13 +53,43 @@ def index_images(image_dir: str | Path) -> dict[str, Path]:
     return index
 
 
-def check_image_header(path: Path) -> None:
-    """Open ``path``'s header (cheap: no pixel decoding); raise :class:`ImageReadError` if it is not an image."""
-    if path.suffix.lower() in DICOM_SUFFIXES:
+def check_data_dir(data_dir: str | Path, flag: str = "--data-dir") -> None:
+    """Refuse a ``--data-dir`` that is the image folder itself (what the reference repos call ``DATA_DIR``).
+
+    A data set folder holds ``images/`` and ``labels/``; a folder with image files
+    directly in it and no ``labels/`` is the image folder.
+
+    Raises:
+        UserError: ``data_dir`` holds images itself; the message says to pass its parent or ``--image-dir``.
+    """
+    from paddle_chexnet.errors import UserError
+
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir() or (data_dir / "labels").is_dir():
         return
+    with os.scandir(data_dir) as entries:
+        holds_images = any(entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES
+                           for entry in itertools.islice(entries, 1000))
+    if holds_images:
+        parent = data_dir.resolve().parent
+        raise UserError(
+            f"{flag} {data_dir} holds the images themselves; pass the folder that holds images/ and labels/ "
+            f"(its parent {parent}?) as {flag}, or keep this folder with --image-dir {data_dir} and give the "
+            "label lists (--label-list, or --train-list and --val-list)"
+        )
+
+
+def check_image_header(path: Path) -> tuple[int, int] | None:
+    """Open ``path``'s header (cheap: no pixel decoding) and return ``(width, height)`` (``None`` for DICOM).
+
+    Raises:
+        ImageReadError: it is not an image.
+    """
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return None
     try:
         with Image.open(path) as image:
-            image.size  # noqa: B018 - header parsed by open()
+            return image.size
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageReadError(f"cannot read image {path}: {exc}. Is the file complete (re-extract it)?") from exc
 
@@ -138,14 +168,33 @@ class ChestXray14Dataset(paddle.io.Dataset):
     def __len__(self) -> int:
         return len(self.names)
 
-    def verify_images(self) -> None:
+    def verify_images(self, skip_unreadable: bool = False) -> tuple[dict[int, str], dict[int, tuple[int, int]]]:
         """Open every image's header up front; raise :class:`ImageReadError` naming the first bad file.
 
         Catches empty and non-image files in seconds; a truncated PNG is only
         found when decoded (the error then names it too).
+
+        Args:
+            skip_unreadable (bool, optional): collect the bad files instead of raising. Default: False.
+
+        Returns:
+            tuple[dict, dict]: ``{index: reason}`` of unreadable files, ``{index: (width, height)}`` of the others
+            (DICOM files are not opened here).
         """
-        for path in self.paths:
-            check_image_header(path)
+        unreadable: dict[int, str] = {}
+        sizes: dict[int, tuple[int, int]] = {}
+        for i, path in enumerate(self.paths):
+            try:
+                size = check_image_header(path)
+            except ImageReadError as exc:
+                if not skip_unreadable:
+                    raise ImageReadError(f"{exc} (--skip-unreadable leaves such images out and lists them in "
+                                         "skipped.txt)") from exc
+                unreadable[i] = str(exc)
+                continue
+            if size is not None:
+                sizes[i] = size
+        return unreadable, sizes
 
     def load(self, idx: int) -> Image.Image:
         """The image at ``idx`` as a PIL image (mode ``'L'`` or ``'RGB'``)."""

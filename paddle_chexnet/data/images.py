@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -185,3 +185,54 @@ def list_images(path: str | Path) -> list[Path]:
     if not found:
         raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))} or DICOM) found under {path}")
     return found
+
+
+#: an image whose shorter side is below this fraction of the network's input size is reported as far
+#: too small (it is upscaled by more than 2x and carries little of the detail the network was trained on)
+SMALL_IMAGE_FRACTION = 0.5
+
+
+def image_size(path: str | Path) -> tuple[int, int] | None:
+    """``(width, height)`` from the file's header (no pixel decoding), or ``None`` when it cannot be read."""
+    path = Path(path)
+    from paddle_chexnet.data.dicom import is_dicom_file
+
+    suffix = path.suffix.lower()
+    if suffix in DICOM_SUFFIXES or (suffix not in PICTURE_SUFFIXES and is_dicom_file(path)):
+        try:
+            import pydicom
+
+            ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+            return int(ds.Columns), int(ds.Rows)
+        except Exception:  # noqa: BLE001 - any unreadable header: reading the image later says why
+            return None
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return None
+
+
+def find_small_images(paths: Iterable[str | Path], input_size: int, threads: int = 8,
+                      fraction: float = SMALL_IMAGE_FRACTION) -> list[tuple[Path, tuple[int, int]]]:
+    """The images whose shorter side is below ``fraction * input_size``, with their sizes, in order.
+
+    Reads only headers, with ``threads`` threads (the time is spent waiting for the disk).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    limit = fraction * input_size
+    paths = [Path(p) for p in paths]
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        sizes = list(pool.map(image_size, paths, chunksize=64))
+    return [(path, size) for path, size in zip(paths, sizes) if size is not None and min(size) < limit]
+
+
+def small_images_message(found: Sequence[tuple[Path, tuple[int, int]]], total: int, input_size: int,
+                         fraction: float = SMALL_IMAGE_FRACTION, shown: int = 5) -> str:
+    """The one warning about :func:`find_small_images`' result: count, threshold, first examples."""
+    examples = ", ".join(f"{path.name} ({w}x{h})" for path, (w, h) in found[:shown])
+    more = f" and {len(found) - shown} more" if len(found) > shown else ""
+    return (f"{len(found)} of {total} images are smaller than {fraction * input_size:g} px on their shorter side "
+            f"(the network's input is {input_size} px): they are upscaled and carry little detail, and their "
+            f"predictions count like any other: {examples}{more}. Check that they are X-rays at full resolution")

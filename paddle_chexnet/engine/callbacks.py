@@ -43,7 +43,12 @@ logger = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; the message gives the epoch and step."""
+    """Training diverged (a NaN, infinite or exploding loss, or non-finite weights); the message gives the step."""
+
+
+#: the training loss above which :class:`DivergenceGuard` stops a run (``--max-loss``). A healthy
+#: binary cross-entropy over 14 findings stays below 1; class weighting can raise it to tens.
+DEFAULT_MAX_LOSS = 1e4
 
 
 @dataclass
@@ -111,7 +116,9 @@ class ValidationOnly(paddle.metric.Metric):
         self.metric.reset()
 
     def compute(self, *args: Any) -> Any:
-        return self.metric.compute(*args) if self.enabled else args
+        # paddle.Model copies whatever compute returns to NumPy and passes it to update: nothing
+        # while switched off, so training steps do not copy logits and labels off the device
+        return self.metric.compute(*args) if self.enabled else []
 
     def update(self, *args: Any) -> None:
         if self.enabled:
@@ -207,39 +214,86 @@ class EpochSetup(paddle.callbacks.Callback):
             metric.enabled = metric.final = False
 
 
-class NonFiniteLossGuard(paddle.callbacks.Callback):
-    """Stop the run with :class:`NonFiniteLossError` as soon as a training loss is NaN or infinite.
+class DivergenceGuard(paddle.callbacks.Callback):
+    """Stop a diverging run with :class:`NonFiniteLossError` at the step it happens.
 
-    The check runs after the step that produced the loss, so the weights in
-    memory are already damaged; they are never saved (checkpoints are written
-    only after a finished epoch) and the message names the last good
-    checkpoint. Under ``paddle.distributed`` the losses are summed over the
-    processes first, so every process stops at the same step instead of the
-    others waiting forever in the next gradient all-reduce.
+    After every training step it checks that the loss is finite and at most
+    ``max_loss``, and that every weight (BatchNorm statistics included) is
+    finite. A too-high learning rate can give NaN weights while the loss stays
+    finite (ReLU and pooling turn NaN activations into numbers), so the loss
+    alone is not enough. Non-finite gradients are caught too: Adam and SGD turn
+    them into non-finite weights in the step that applies them. The weights are
+    checked with one sum per tensor (NaN and infinity survive a sum), a small
+    fraction of a DenseNet step.
+
+    The weights in memory are then already damaged: they are never saved
+    (checkpoints are written only after a finished epoch, and
+    :func:`~paddle_chexnet.engine.checkpoint.save_checkpoint` refuses non-finite
+    values) and the message names the last good checkpoint. Under
+    ``paddle.distributed`` the verdict is summed over the processes, so every
+    process stops at the same step instead of the others waiting forever in the
+    next gradient all-reduce.
 
     Args:
         state (RunState): the shared run state (epoch, step, last saved epoch).
         checkpoint_dir (str | Path): where ``last.pdparams`` is, for the message.
+        max_loss (float, optional): the largest training loss taken as healthy; 0 turns the bound
+            off. Default: :data:`DEFAULT_MAX_LOSS`.
+        check_weights (bool, optional): also check the weights after every step. Default: True.
     """
 
-    def __init__(self, state: RunState, checkpoint_dir: str | Path) -> None:
+    def __init__(self, state: RunState, checkpoint_dir: str | Path, max_loss: float | None = None,
+                 check_weights: bool = True) -> None:
         super().__init__()
         self.state, self.checkpoint_dir = state, Path(checkpoint_dir)
+        self.max_loss = DEFAULT_MAX_LOSS if max_loss is None else float(max_loss)
+        self.check_weights = check_weights
+
+    def _weights_finite(self) -> bool:
+        tensors = [t for t in self.model.network.state_dict().values() if t.dtype in (paddle.float32, paddle.float64,
+                                                                                        paddle.float16,
+                                                                                        paddle.bfloat16)]
+        if not tensors:
+            return True
+        with paddle.no_grad():
+            total = paddle.add_n([t.astype("float32").sum() for t in tensors])
+        return bool(np.isfinite(float(total)))
+
+    def _problem(self, loss: float) -> str | None:
+        if not math.isfinite(loss):
+            return f"training loss became {loss}"
+        if self.max_loss > 0 and abs(loss) > self.max_loss:
+            return f"training loss reached {loss:.4g}, above --max-loss {self.max_loss:g},"
+        if self.check_weights and not self._weights_finite():
+            from paddle_chexnet.models.state_dict import non_finite_tensors
+
+            bad = non_finite_tensors(self.model.network.state_dict())
+            return (f"weights became NaN or infinite in {len(bad)} tensor(s) (first: {', '.join(bad[:3])}; "
+                    f"the loss was {loss:.4g})")
+        return None
 
     def on_train_batch_end(self, step: int, logs: dict | None = None) -> None:
         loss = _first((logs or {}).get("loss"))
-        total = float(all_reduce_sum(np.array([loss]))[0]) if world_size() > 1 else loss
-        if math.isfinite(total):
+        problem = self._problem(loss)
+        if world_size() > 1:
+            if all_reduce_sum(np.array([0.0 if problem is None else 1.0]))[0] == 0:
+                return
+            problem = problem or "another process's training diverged"
+        elif problem is None:
             return
         if self.state.last_saved_epoch >= 0:
             kept = (f"the last good checkpoint is {checkpoint_paths(self.checkpoint_dir, 'last')['params']} "
                     f"(end of epoch {self.state.last_saved_epoch + 1}); continue from it with --resume")
         else:
-            kept = "no checkpoint was saved yet (the loss diverged during the first epoch)"
+            kept = "no checkpoint was saved (the run diverged during its first epoch)"
         raise NonFiniteLossError(
-            f"training loss became {loss} at epoch {self.state.epoch + 1}, step {step + 1} of the epoch "
+            f"{problem} at epoch {self.state.epoch + 1}, step {step + 1} of the epoch "
             f"(global step {self.state.global_step}); stopping. {kept}. Try a lower learning rate (--lr)."
         )
+
+
+#: kept for code written against the earlier name
+NonFiniteLossGuard = DivergenceGuard
 
 
 class LRStepper(paddle.callbacks.LRScheduler):
@@ -301,7 +355,8 @@ class ResumableEarlyStopping(paddle.callbacks.EarlyStopping):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         best = state["best_value"]
-        self._restored = {"best_value": -np.inf if best is None else float(best), "wait_epoch": int(state["wait_epoch"])}
+        self._restored = {"best_value": -np.inf if best is None else float(best),
+                          "wait_epoch": int(state["wait_epoch"])}
 
 
 def history_columns(class_names: Sequence[str]) -> list[str]:

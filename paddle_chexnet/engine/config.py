@@ -92,6 +92,9 @@ class TrainConfig:
     crop: int = setting(224, "random crop (training) and center crop (validation)", "data", minimum=1)
     num_workers: int = setting(4, "data-loader processes (0: load in the training process); the result does "
                                   "not depend on it", "data", minimum=0)
+    shared_memory: bool = setting(True, "shared memory (/dev/shm) between the loader processes and training: "
+                                        "use this switch when /dev/shm is small, as in many containers", "data",
+                                  flag="--no-shared-memory")
     # model
     arch: str = setting("densenet121", "network (tiny: a few thousand parameters, for a first look)", "model",
                         choices=_architecture_names)
@@ -121,6 +124,9 @@ class TrainConfig:
                                               "AUROC (0: never)", "optimisation", minimum=0)
     max_steps_per_epoch: int | None = setting(None, "cut epochs short (demos, smoke tests)", "optimisation",
                                               minimum=1)
+    max_loss: float = setting(1e4, "stop the run (exit code 2) when the training loss exceeds this: a diverged "
+                                   "run (a healthy loss is below 1, or tens with class weighting); 0: no bound",
+                              "optimisation", minimum=0)
     amp: bool = setting(False, "mixed precision (GPU only)", "optimisation")
     to_static: bool = setting(False, "compile the network to a static graph (paddle.jit.to_static)",
                               "optimisation")
@@ -130,10 +136,14 @@ class TrainConfig:
     log_dir: str = setting("logs", "history.csv (and VisualDL when installed) go to LOG_DIR/RUN_NAME", "run")
     run_name: str = setting("chexnet", "name of this run", "run")
     resume: bool = setting(False, "continue from OUTPUT_DIR/RUN_NAME/last.*", "run")
+    overwrite: bool = setting(False, "replace the run in OUTPUT_DIR/RUN_NAME (without it, a folder holding a run "
+                                     "is refused unless --resume)", "run")
     seed: int = setting(0, "initialisation, data order and augmentation", "run")
     device: str = setting("auto", "auto, cpu, gpu or gpu:N", "run")
     cpu_threads: int | None = setting(None, "math threads for CPU operators (default: this process's share of "
                                             "the cores)", "run", minimum=1)
+    deterministic: bool = setting(False, "deterministic cuDNN kernels (FLAGS_cudnn_deterministic): a resumed GPU "
+                                         "run then repeats an uninterrupted one, a little slower", "run")
     progress: bool = setting(True, "progress bars", "run", flag="--no-progress")
 
     def __post_init__(self) -> None:
@@ -150,6 +160,9 @@ class TrainConfig:
             raise UserError(f"crop ({self.crop}) must not exceed resize ({self.resize})")
         if not self.lr > 0:
             raise UserError(f"lr must be positive, got {self.lr}")
+        if self.resume and self.overwrite:
+            raise UserError("--resume continues the run in OUTPUT_DIR/RUN_NAME and --overwrite replaces it; "
+                            "choose one")
 
     @property
     def image_path(self) -> Path:

@@ -7,9 +7,14 @@ files (rank 0), sums over processes, and one copy of BatchNorm statistics.
 """
 from __future__ import annotations
 
+import logging
+import os
+
 import numpy as np
 import paddle
 import paddle.distributed as dist
+
+logger = logging.getLogger(__name__)
 
 
 def world_size() -> int:
@@ -51,3 +56,16 @@ def broadcast_buffers(network: paddle.nn.Layer, src: int = 0) -> None:
     for tensor in network.state_dict().values():
         if tensor.stop_gradient:
             dist.broadcast(tensor, src=src)
+
+
+def use_cpu_backend(device: str) -> None:
+    """On the CPU, make the processes of a distributed run talk over gloo (``PADDLE_DISTRI_BACKEND``).
+
+    ``paddle.distributed.launch`` sets gloo only when Paddle has no CUDA; on a CUDA
+    build Paddle otherwise picks NCCL, which needs the GPU the run was told not to
+    use. Call it after choosing the device and before ``paddle.Model`` (which starts
+    the process group). Nothing changes for one process or a GPU device.
+    """
+    if world_size() > 1 and device == "cpu" and os.environ.get("PADDLE_DISTRI_BACKEND") != "gloo":
+        logger.debug("device cpu: PADDLE_DISTRI_BACKEND=gloo (was %s)", os.environ.get("PADDLE_DISTRI_BACKEND"))
+        os.environ["PADDLE_DISTRI_BACKEND"] = "gloo"

@@ -30,9 +30,19 @@ def select_device(requested: str = "auto") -> str:
 
     Raises:
         ValueError: a GPU was requested but this Paddle build or machine has none (the message says how to
-            install ``paddlepaddle-gpu``), or the name is unknown.
+            install ``paddlepaddle-gpu``), or the name is unknown; ``gpu:N`` under
+            ``paddle.distributed.launch`` with several processes (all would share GPU N).
     """
     requested = requested.lower()
+    processes = int(os.environ.get("PADDLE_TRAINERS_NUM", "1") or 1)
+    if requested.startswith("gpu:") and processes > 1:
+        from paddle_chexnet.errors import UserError
+
+        raise UserError(
+            f"--device {requested} would put all {processes} processes of this distributed run on one GPU; use "
+            "--device gpu (each process then takes the GPU paddle.distributed.launch gives it) and choose the "
+            "GPUs with launch's --gpus"
+        )
     if requested == "auto":
         requested = "gpu" if gpu_available() else "cpu"
     if not (requested == "cpu" or requested == "gpu" or (requested.startswith("gpu:") and requested[4:].isdigit())):
@@ -48,7 +58,7 @@ def select_device(requested: str = "auto") -> str:
 
 
 def prepare_device(requested: str = "auto", cpu_threads: int | None = None) -> str:
-    """:func:`select_device`, then (for the CPU only) :func:`~paddle_chexnet.cpu.runtime.configure_cpu`; logs the choice.
+    """:func:`select_device`, then (CPU only) :func:`~paddle_chexnet.cpu.runtime.configure_cpu`; logs the choice.
 
     Args:
         requested (str, optional): as :func:`select_device`. Default: 'auto'.
