@@ -27,11 +27,21 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--weights", default="pretrained_models/chexnet.pdparams",
                         help="a .pdparams from train.py or tools/convert_torch.py (architecture read from its .json)")
+    parser.add_argument("--dataset", choices=("nih", "chexpert"), default="nih",
+                        help="nih (ChestX-ray14) or chexpert (Stanford's CSVs; valid.csv by default)")
     parser.add_argument("--data-dir", "--data_dir", default="ChestX-ray14",
-                        help="dataset folder; images under DIR/images (flat or NIH's images_0NN/images/)")
+                        help="dataset folder; NIH: images under DIR/images (flat or NIH's images_0NN/images/); "
+                             "CheXpert: the folder holding CheXpert-v1.0-small/")
     parser.add_argument("--image-dir", "--image_dir", default=None, help="image folder (default: DATA_DIR/images)")
     parser.add_argument("--label-list", "--label_list", default=None,
-                        help="label list '<image> <14 values>' (default: DATA_DIR/labels/test_list.txt)")
+                        help="label list '<image> <14 values>' or CheXpert CSV (default: "
+                             "DATA_DIR/labels/test_list.txt; CheXpert: valid.csv)")
+    parser.add_argument("--uncertainty", default="paper",
+                        help="CheXpert's uncertain (-1) labels: ignore (left out of the AUROC), zeros, ones, per "
+                             "class (Atelectasis=ones,...) or paper")
+    parser.add_argument("--views", choices=("frontal", "all"), default="frontal", help="CheXpert views")
+    parser.add_argument("--cache", default=None,
+                        help="an image cache made by tools/build_cache.py for this --resize (same pixels)")
     parser.add_argument("--output-dir", "--output_dir", default="outputs/eval", help="where results are written")
     parser.add_argument("--crops", choices=("ten", "center"), default="ten",
                         help="ten-crop (the paper's protocol) or a single center crop (10x faster)")
@@ -93,6 +103,19 @@ def check_weights_fit_labels(weights: str | Path, class_names: Sequence[str], la
         )
 
 
+def data_source(args: argparse.Namespace):
+    """The evaluated data: the data set, and the task of the weights (their sidecar), NIH's by default."""
+    from paddle_chexnet.data.sources import DataSource
+    from paddle_chexnet.models.spec import read_spec
+
+    spec = read_spec(args.weights)  # the sidecar only: the weights themselves are read after the labels
+    task = spec.task if spec is not None else None
+    if task is None:  # weights without a recorded task: the data set's own classes
+        task = "chexnet14" if args.dataset == "nih" else "chexpert14"
+    return DataSource(args.dataset, args.data_dir, task, args.image_dir, args.uncertainty, args.views, args.cache,
+                      args.skip_missing)
+
+
 def check_fp16(args: argparse.Namespace) -> None:
     from paddle_chexnet.errors import UserError
 
@@ -101,8 +124,6 @@ def check_fp16(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace):
-    from paddle_chexnet.data.datasets import ChestXray14Dataset, check_data_dir
-    from paddle_chexnet.data.label_lists import read_label_list
     from paddle_chexnet.errors import UserError
     from paddle_chexnet.evaluation.evaluate import evaluate
     from paddle_chexnet.inference.predictors import load_predictor
@@ -110,9 +131,6 @@ def run(args: argparse.Namespace):
     from paddle_chexnet.utils.device import prepare_device
     from paddle_chexnet.utils.io import ensure_output_dir
 
-    data_dir = Path(args.data_dir)
-    image_dir = Path(args.image_dir) if args.image_dir else data_dir / "images"
-    label_list = Path(args.label_list) if args.label_list else data_dir / "labels" / "test_list.txt"
     # cheap checks first: a typo fails before the model is built or an image decoded
     for flag in ("batch_size", "processes", "resize", "crop"):
         if getattr(args, flag) < 1:
@@ -120,11 +138,12 @@ def run(args: argparse.Namespace):
     check_fp16(args)
     require_weights_file(args.weights)
     output_dir = ensure_output_dir(args.output_dir)
-    if not (args.image_dir and args.label_list):
-        check_data_dir(data_dir)
-    labels = read_label_list(label_list)
+    source = data_source(args)
+    source.check_layout(lists_given=bool(args.label_list))
+    label_list = Path(args.label_list) if args.label_list else source.default_list("test")
+    labels = source.labels(label_list)
     check_weights_fit_labels(args.weights, labels.class_names, label_list)
-    dataset = ChestXray14Dataset(image_dir, labels, skip_missing=args.skip_missing)
+    dataset = source.dataset_of(labels, resize=args.resize)
     if dataset.skipped:
         logger.warning("skipped %d missing images (listed in %s)", len(dataset.skipped), output_dir / "skipped.txt")
     device = prepare_device(args.device, args.num_threads)

@@ -35,6 +35,24 @@ def _architecture_names() -> tuple[str, ...]:
     return architecture_names()
 
 
+def _datasets() -> tuple[str, ...]:
+    from paddle_chexnet.data.tasks import DATASETS
+
+    return DATASETS
+
+
+def _tasks() -> tuple[str, ...]:
+    from paddle_chexnet.data.tasks import TASKS
+
+    return TASKS
+
+
+def _views() -> tuple[str, ...]:
+    from paddle_chexnet.data.chexpert import VIEWS
+
+    return VIEWS
+
+
 def _poolings() -> tuple[str, ...]:
     from paddle_chexnet.models.heads import POOLINGS
 
@@ -81,12 +99,27 @@ class TrainConfig:
     """Everything a training run depends on; every field is also a ``train.py`` flag (``--batch-size``)."""
 
     # data
-    data_dir: str = setting("ChestX-ray14", "data set folder (images/ and labels/ inside)", "data")
+    dataset: str = setting("nih", "nih (ChestX-ray14: images/, labels/*_list.txt) or chexpert (Stanford's "
+                                  "CheXpert-v1.0[-small] with train.csv, valid.csv)", "data", choices=_datasets)
+    data_dir: str = setting("ChestX-ray14", "data set folder (NIH: images/ and labels/ inside; CheXpert: the "
+                                            "folder holding CheXpert-v1.0-small/)", "data")
     image_dir: str | None = setting(None, "image folder (default: DATA_DIR/images; NIH's nested "
                                           "images_0NN/images/ works)", "data")
-    train_list: str | None = setting(None, "training label list (default: DATA_DIR/labels/train_list.txt)",
-                                     "data")
-    val_list: str | None = setting(None, "validation label list (default: DATA_DIR/labels/val_list.txt)", "data")
+    train_list: str | None = setting(None, "training label list or CheXpert CSV (default: "
+                                           "DATA_DIR/labels/train_list.txt; CheXpert: train.csv)", "data")
+    val_list: str | None = setting(None, "validation label list or CheXpert CSV (default: "
+                                         "DATA_DIR/labels/val_list.txt; CheXpert: valid.csv)", "data")
+    val_fraction: float | None = setting(None, "validate on this fraction of the training list's patients "
+                                               "(a seeded patient-level split) instead of --val-list", "data",
+                                         minimum=0)
+    task: str | None = setting(None, "what the network predicts: chexnet14 (default on nih), nih8, abnormal, "
+                                     "chexpert5 (default on chexpert), chexpert14", "data", choices=_tasks)
+    uncertainty: str = setting("paper", "CheXpert's uncertain (-1) labels: ignore (masked), zeros, ones, per "
+                                        "class (Atelectasis=ones,Edema=ones,...) or paper (the CheXpert "
+                                        "paper's choices)", "data")
+    views: str = setting("frontal", "CheXpert views: frontal or all", "data", choices=_views)
+    cache: str | None = setting(None, "an image cache made by tools/build_cache.py (same pixels, decoded and "
+                                      "resized once)", "data")
     skip_missing: bool = setting(False, "drop listed images that are not on disk instead of stopping", "data")
     resize: int = setting(256, "shorter side before cropping", "data", minimum=1)
     crop: int = setting(224, "random crop (training) and center crop (validation)", "data", minimum=1)
@@ -151,11 +184,15 @@ class TrainConfig:
         for item in dataclasses.fields(self):
             value = getattr(self, item.name)
             choices = item.metadata.get("choices")
-            if choices is not None and value not in choices():
+            if choices is not None and value is not None and value not in choices():
                 raise UserError(f"{item.name} must be one of {', '.join(choices())}, got {value!r}")
             minimum = item.metadata.get("minimum")
             if minimum is not None and value is not None and value < minimum:
                 raise UserError(f"{item.name} must be at least {minimum}, got {value}")
+        if self.val_fraction is not None and not 0 < self.val_fraction < 1:
+            raise UserError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
+        if self.val_fraction is not None and self.val_list:
+            raise UserError("give --val-list or --val-fraction, not both")
         if self.crop > self.resize:
             raise UserError(f"crop ({self.crop}) must not exceed resize ({self.resize})")
         if not self.lr > 0:
@@ -164,17 +201,27 @@ class TrainConfig:
             raise UserError("--resume continues the run in OUTPUT_DIR/RUN_NAME and --overwrite replaces it; "
                             "choose one")
 
+    def data_source(self):
+        """The run's :class:`~paddle_chexnet.data.sources.DataSource` (checks the task and the policy)."""
+        from paddle_chexnet.data.sources import DataSource
+
+        return DataSource(self.dataset, self.data_dir, self.task, self.image_dir, self.uncertainty, self.views,
+                          self.cache, self.skip_missing)
+
     @property
     def image_path(self) -> Path:
-        return Path(self.image_dir) if self.image_dir else Path(self.data_dir) / "images"
+        return self.data_source().image_root
 
     @property
     def train_list_path(self) -> Path:
-        return Path(self.train_list) if self.train_list else Path(self.data_dir) / "labels" / "train_list.txt"
+        return Path(self.train_list) if self.train_list else self.data_source().default_list("train")
 
     @property
     def val_list_path(self) -> Path:
-        return Path(self.val_list) if self.val_list else Path(self.data_dir) / "labels" / "val_list.txt"
+        """The validation list (the training list itself when ``val_fraction`` splits it)."""
+        if self.val_fraction is not None:
+            return self.train_list_path
+        return Path(self.val_list) if self.val_list else self.data_source().default_list("val")
 
     @property
     def checkpoint_dir(self) -> Path:

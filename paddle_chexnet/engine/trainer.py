@@ -113,7 +113,7 @@ def seed_everything(seed: int) -> None:
 def build_network(config: TrainConfig, num_classes: int, class_names: Sequence[str]):
     """The network of ``config.arch`` (through the registry), with the ImageNet backbone of ``config.pretrained``."""
     net = registry_build_network(config.arch, num_classes=num_classes, class_names=class_names,
-                                 pooling=config.pooling)
+                                 pooling=config.pooling, task=config.data_source().task)
     if config.pretrained:
         from paddle_chexnet.conversion.pretrained import load_pretrained
 
@@ -122,28 +122,67 @@ def build_network(config: TrainConfig, num_classes: int, class_names: Sequence[s
 
 
 def build_datasets(config: TrainConfig) -> tuple[Any, Any]:
-    """Training (random crop + flip, seeded) and validation (center crop) datasets."""
-    from paddle_chexnet.data.datasets import ChestXray14Dataset, check_data_dir, index_images
-    from paddle_chexnet.data.label_lists import read_label_list
+    """Training (random crop + flip, seeded) and validation (center crop) datasets of the run's data source.
+
+    NIH or CheXpert, a folder or an image cache (:class:`~paddle_chexnet.data.sources.DataSource`);
+    the labels are the task's classes. With ``val_fraction`` the validation set is a seeded
+    patient-level split of the training list.
+    """
     from paddle_chexnet.data.transforms import EvalTransform, TrainTransform
 
-    if not (config.image_dir and config.train_list and config.val_list):
-        check_data_dir(config.data_dir)
-    index = index_images(config.image_path)
-    train = ChestXray14Dataset(
-        config.image_path, read_label_list(config.train_list_path),
-        TrainTransform(config.resize, config.crop), skip_missing=config.skip_missing, image_index=index,
-    )
-    val = ChestXray14Dataset(
-        config.image_path, read_label_list(config.val_list_path),
-        EvalTransform("center", config.resize, config.crop), skip_missing=config.skip_missing, image_index=index,
-    )
+    source = config.data_source()
+    source.check_layout(lists_given=bool(config.train_list and (config.val_list or config.val_fraction)))
+    index = source.image_index()  # the image folder first: a wrong --data-dir is named as such
+    train_labels = source.labels(config.train_list_path)
+    if config.val_fraction is not None:
+        train_labels, val_labels = split_by_patient_labels(train_labels, config.dataset, config.val_fraction,
+                                                           config.seed)
+    else:
+        val_labels = source.labels(config.val_list_path)
+    train = source.dataset_of(train_labels, TrainTransform(config.resize, config.crop), index, config.resize)
+    val = source.dataset_of(val_labels, EvalTransform("center", config.resize, config.crop), index, config.resize)
     if tuple(train.class_names) != tuple(val.class_names):
         raise ValueError(
             f"{config.train_list_path} and {config.val_list_path} have different classes: "
             f"{train.class_names} vs {val.class_names}"
         )
     return SeededAugmentation(train, seed=config.seed), val
+
+
+def split_by_patient_labels(labels: Any, dataset: str, val_fraction: float, seed: int) -> tuple[Any, Any]:
+    """(train, val) label lists: whole patients in each, ``val_fraction`` of the images in val, seeded."""
+    if dataset == "chexpert":
+        from paddle_chexnet.data.chexpert import split_by_patient_chexpert
+
+        return split_by_patient_chexpert(labels, val_fraction, seed)
+    from paddle_chexnet.data.nih import split_by_patient
+    from paddle_chexnet.evaluation.grouping import patient_of
+
+    train, val = split_by_patient(labels.names, [patient_of(n) for n in labels.names], val_fraction, seed)
+    return labels.subset(train), labels.subset(val)
+
+
+def use_uint8_batches(train_set: Any, val_set: Any, net: paddle.nn.Layer, config: TrainConfig):
+    """On a GPU with an image cache: loader workers crop uint8 pixels and the GPU normalises them.
+
+    The same crops and flips as the float transforms (the same seeded draws), normalised with
+    the same float32 arithmetic, so the network sees the same tensors; the loader moves a quarter
+    of the bytes (a twelfth for gray images). Returns the normalisation hook's handle.
+    """
+    from paddle_chexnet.data.uint8 import (
+        Uint8EvalTransform,
+        Uint8TrainTransform,
+        attach_uint8_normalization,
+        device_normalization_is_exact,
+    )
+
+    channels = val_set.cache.channels()
+    train_set.dataset.transform = Uint8TrainTransform(config.resize, config.crop, channels=channels)
+    val_set.transform = Uint8EvalTransform("center", config.resize, config.crop, channels=channels)
+    exact = device_normalization_is_exact()
+    if not exact:
+        logger.info("this device's float32 arithmetic differs from the CPU's; normalising by an exact table")
+    return attach_uint8_normalization(net, exact_table=not exact)
 
 
 def _worker_init(worker_id: int) -> None:
@@ -284,6 +323,8 @@ def _run_training(config: TrainConfig, stack: contextlib.ExitStack) -> TrainResu
     size_check = _check_image_sizes_in_background(train_set, val_set, config.crop) if is_main_process() else None
     net = build_network(config, len(class_names), class_names)
     kernels_missing = False
+    if config.cache and device.startswith("gpu"):
+        stack.callback(use_uint8_batches(train_set, val_set, net, config).remove)
     if device == "cpu" and not config.to_static:
         from paddle_chexnet.cpu.kernels import cpu_kernels
         from paddle_chexnet.cpu.layers import use_cpu_training_layers

@@ -498,6 +498,7 @@ def evaluate(
         names=names, class_names=tuple(dataset.class_names), probs=probs, labels=labels,
         per_class=metric.per_class(), mean=mean, n_used=metric.n_used, skipped=skipped,
         crops=crops, backend=getattr(predictor, "backend", ""), seconds=seconds,
+        name_column=getattr(dataset, "name_column", "Image Index"),
     )
     if output_dir is not None:
         result.files = write_outputs(result, output_dir, plot=plot)
