@@ -38,6 +38,22 @@ from paddle_chexnet.evaluation.metrics import AUROC
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _launch(root: Path, config: TrainConfig, **extra_env: str) -> None:
+    """``paddle.distributed.launch --nproc_per_node 2`` of tests/distributed_worker.py with ``config``."""
+    (root / "config.json").write_text(json.dumps(config.to_dict()))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), **extra_env)
+    for key in ("PADDLE_TRAINERS_NUM", "PADDLE_TRAINER_ID", "PADDLE_TRAINER_ENDPOINTS", "PADDLE_CURRENT_ENDPOINT"):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
+           "--log_dir", str(root / "launch"), str(REPO / "tests" / "distributed_worker.py"),
+           str(root / "config.json"), str(root)]
+    done = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        logs = "\n".join(p.read_text()[-3000:] for p in sorted((root / "launch").glob("workerlog.*")))
+        pytest.fail(f"distributed run failed ({done.returncode}):\n{done.stdout[-2000:]}\n"
+                    f"{done.stderr[-2000:]}\n{logs}")
+
+
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainConfig, Path]:
     from test_training import make_dataset
@@ -49,19 +65,30 @@ def two_process_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainConf
         max_steps_per_epoch=1, schedule="constant", lr=1e-2, early_stopping_patience=0, device="cpu",
         progress=False, output_dir=str(root / "outputs"), log_dir=str(root / "logs"),
     )
-    (root / "config.json").write_text(json.dumps(config.to_dict()))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    for key in ("PADDLE_TRAINERS_NUM", "PADDLE_TRAINER_ID", "PADDLE_TRAINER_ENDPOINTS", "PADDLE_CURRENT_ENDPOINT"):
-        env.pop(key, None)
-    cmd = [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
-           "--log_dir", str(root / "launch"), str(REPO / "tests" / "distributed_worker.py"),
-           str(root / "config.json"), str(root)]
-    done = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        logs = "\n".join(p.read_text()[-3000:] for p in sorted((root / "launch").glob("workerlog.*")))
-        pytest.fail(f"distributed run failed ({done.returncode}):\n{done.stdout[-2000:]}\n"
-                    f"{done.stderr[-2000:]}\n{logs}")
+    _launch(root, config)
     return config, root
+
+
+def test_two_processes_read_disjoint_shares_of_one_image_cache(tmp_path: Path) -> None:
+    """Several processes (or machines, on shared storage) use one cache; each reads only its share of a batch."""
+    from test_training import make_dataset
+
+    from paddle_chexnet.cli import build_cache
+
+    data = make_dataset(tmp_path / "data", n_train=12, n_val=7)
+    assert build_cache.entry(["--image-dir", str(data / "images"), "--output", str(tmp_path / "cache"),
+                              "--size", "36", "--no-progress"]) == 0
+    config = TrainConfig(
+        data_dir=str(data), arch="tiny", resize=36, crop=32, batch_size=2, num_workers=0, epochs=1,
+        schedule="constant", early_stopping_patience=0, device="cpu", progress=False, cache=str(tmp_path / "cache"),
+        output_dir=str(tmp_path / "outputs"), log_dir=str(tmp_path / "logs"),
+    )
+    _launch(tmp_path, config, RECORD_CACHE_READS="1")
+    reads = [[k for k in (tmp_path / f"reads{rank}.txt").read_text().split() if k.startswith("train_")]
+             for rank in (0, 1)]
+    assert len(reads[0]) == len(reads[1]) == 6  # 12 training images, 2 per process per step
+    assert not set(reads[0]) & set(reads[1])
+    assert set(reads[0]) | set(reads[1]) == {f"train_{i:03d}.png" for i in range(12)}
 
 
 def load(path: Path) -> dict[str, np.ndarray]:
