@@ -221,15 +221,12 @@ class ImageCache:
 
     Args:
         root (str | Path): the cache folder.
-        record_reads (bool, optional): append every key read to :attr:`reads`
-            (to check which images a process of a distributed run touched). Default: False.
 
     Attributes:
         root (Path): the folder.
         size (int): the shorter side every image was resized to.
         keys (list[str]): the image keys (relative paths), sorted.
         manifest (dict): the manifest, without its image table.
-        reads (list[str] | None): keys read so far when ``record_reads``.
 
     Raises:
         FileNotFoundError, CacheError: see :func:`read_manifest`.
@@ -241,10 +238,10 @@ class ImageCache:
         (256, 256)
     """
 
-    def __init__(self, root: str | Path, record_reads: bool = False) -> None:
-        self._open(Path(root), record_reads)
+    def __init__(self, root: str | Path) -> None:
+        self._open(Path(root))
 
-    def _open(self, root: Path, record_reads: bool) -> None:
+    def _open(self, root: Path) -> None:
         manifest = read_manifest(root)
         table = manifest.pop("images")
         self.root = root
@@ -261,8 +258,6 @@ class ImageCache:
         self._shard_files = [root / s["file"] for s in manifest["shards"]]
         self._maps: list[np.ndarray | None] = [None] * len(self._shard_files)
         self._names = KeyIndex(self.keys, f"the cache {root}")
-        self.record_reads = record_reads
-        self.reads: list[str] | None = [] if record_reads else None
         if self.keys:
             ends = self._offset + self._shape.prod(axis=1)
             limits = np.asarray(self._shard_bytes, dtype=np.int64)[self._shard]
@@ -274,10 +269,10 @@ class ImageCache:
             logger.warning("%s has an unfinished build (%s); reading the last complete one", root, JOURNAL_NAME)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"root": str(self.root), "record_reads": self.record_reads}
+        return {"root": str(self.root)}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self._open(Path(state["root"]), state["record_reads"])
+        self._open(Path(state["root"]))
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -324,8 +319,6 @@ class ImageCache:
         h, w, c = (int(v) for v in self._shape[row])
         start = int(self._offset[row])
         flat = self._map(int(self._shard[row]))[start:start + h * w * c]
-        if self.reads is not None:
-            self.reads.append(key)
         return flat.reshape((h, w) if c == 1 else (h, w, c))
 
     def read_image(self, key: str | Path) -> Image.Image:
