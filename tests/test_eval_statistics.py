@@ -378,6 +378,19 @@ def test_weights_of_other_classes_are_refused_with_the_preds(tmp_path, scored, c
     assert f"the classes are those of --weights {path}: Effusion, Edema" in message
 
 
+def test_images_without_a_prediction(tmp_path, scored, caplog):
+    names, labels, probs, label_list, _ = scored
+    preds = write_preds(tmp_path / "part.csv", names, probs, order=range(3, len(names)))
+    common = ["--preds", preds, "--label-list", label_list, "--bootstrap", 20, "--no-plot", "--no-report"]
+    assert run_eval(*common, "--output-dir", tmp_path / "a") == 1
+    assert "3 images of" in caplog.records[-1].getMessage() and names[0] in caplog.records[-1].getMessage()
+    assert run_eval(*common, "--output-dir", tmp_path / "b", "--skip-missing") == 0
+    assert (tmp_path / "b" / "skipped.txt").read_text().splitlines() == [
+        f"{n}\tno prediction in {preds}" for n in names[:3]]
+    metrics = strict_json(tmp_path / "b" / "metrics.json")
+    assert metrics["images"] == len(names) - 3 and metrics["skipped"] == 3
+
+
 def test_names_without_a_patient_need_the_image_unit(tmp_path, caplog):
     names, labels, probs = scored_set(seed=3, patients=20)
     names = [f"scan_{i}.png" for i in range(len(names))]
@@ -492,6 +505,11 @@ def test_network_run_calibrated_by_the_sidecar_and_tools_predict(tmp_path, capsy
     marked = {line.split()[1] for line in table.splitlines() if line.strip().startswith("*")}
     assert marked == {n for n, p, t in zip(CLASS_NAMES, got, thresholds) if p >= t - 1e-6}
     assert not (tmp_path / "p0" / "predictions.txt").read_text().startswith("#")
+    # a --threshold given wins over the stored ones; the probabilities stay calibrated
+    assert predict_cli.entry([str(image), "--weights", str(weights), "--output-dir", str(tmp_path / "p1"),
+                              "--threshold", "1", "--quiet", "--no-overlays", "--device", "cpu"]) == 0
+    table = (tmp_path / "p1" / "predictions.txt").read_text()
+    assert table.startswith("# probabilities: calibrated") and "*" not in table and "thresholds:" not in table
 
 
 def test_network_run_keeps_the_probabilities_when_a_statistic_fails(tmp_path, caplog):

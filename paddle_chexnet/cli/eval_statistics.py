@@ -104,12 +104,16 @@ class StatisticsPlan:
     save: bool
 
 
-def prepare_statistics(args: argparse.Namespace, from_file: bool | None = None) -> StatisticsPlan:
+def prepare_statistics(args: argparse.Namespace, from_file: bool | None = None, early: bool = False
+                       ) -> StatisticsPlan:
     """Check the statistics flags and read what they name (thresholds file, the weights' sidecar).
 
     Args:
         args (argparse.Namespace): ``eval.py``'s arguments.
         from_file (bool, optional): scoring ``--preds`` (no network). Default: None (``args.preds`` is set).
+        early (bool, optional): the check before the network runs: only the sidecar is read, never the
+            weights themselves (their own checks, and the label list's, come first), and a thresholds
+            file is checked against the classes only when the sidecar names them. Default: False.
 
     Raises:
         UserError: a bad value or combination of flags; FileNotFoundError / ValueError: a file named by
@@ -125,7 +129,11 @@ def prepare_statistics(args: argparse.Namespace, from_file: bool | None = None) 
     if not from_file or getattr(args, "weights_given", False):
         weights = Path(args.weights)
     spec = None
-    if weights is not None and weights.is_file():
+    if weights is not None and early:
+        from paddle_chexnet.models.spec import read_spec
+
+        spec = read_spec(weights)
+    elif weights is not None and weights.is_file():
         from paddle_chexnet.models.loading import network_spec
 
         spec = network_spec(weights)
@@ -136,7 +144,11 @@ def prepare_statistics(args: argparse.Namespace, from_file: bool | None = None) 
     class_names = tuple(spec.class_names) if spec is not None else CLASS_NAMES
     sidecar = sidecar_path(weights) if weights is not None else None
     thresholds, rule, where = None, "unknown", ""
-    if args.thresholds is not None:
+    if args.thresholds is not None and early and spec is None:
+        from paddle_chexnet.utils.io import read_json_file
+
+        read_json_file(args.thresholds, "write one with --choose-thresholds")  # its classes are checked later
+    elif args.thresholds is not None:
         thresholds, rule = read_thresholds_file(args.thresholds, class_names)
         where = str(args.thresholds)
     elif args.choose_thresholds is None and spec is not None and spec.thresholds is not None:

@@ -162,7 +162,7 @@ def main(args: argparse.Namespace) -> int:
     if args.preds is not None:
         score_predictions(args)
         return 0
-    prepare_statistics(args)  # the statistics flags are checked before the network runs
+    prepare_statistics(args, early=True)  # the statistics flags are checked before the network runs
     run(args)
     return 0
 
