@@ -254,7 +254,7 @@ def test_thresholds_chosen_on_validation_then_applied_to_test(tmp_path):
             assert float(cell[f"{metric}_ci_high"]) == pytest.approx(library.rates[metric].ci_high[c], abs=1e-6)
     metrics = strict_json(tmp_path / "test" / "metrics.json")
     assert metrics["operating_points"]["rule"] == "youden"
-    assert metrics["operating_points"]["source"] == str(tmp_path / "val" / "thresholds.json")
+    assert metrics["operating_points"]["source"] == f"from {tmp_path / 'val' / 'thresholds.json'}"
     assert (tmp_path / "test" / "report.html").read_text().count('<tr class="op-row"') == C
 
 
@@ -487,8 +487,8 @@ def test_network_run_calibrated_by_the_sidecar_and_tools_predict(tmp_path, capsy
     assert read_csv(tmp_path / "cal" / "aucs.csv") == aucs
     metrics = strict_json(tmp_path / "cal" / "metrics.json")
     assert metrics["probabilities"].startswith("calibrated by the temperatures in")
-    assert metrics["operating_points"]["rule"] == "youden" and "stored in the weights" in \
-        metrics["operating_points"]["source"]
+    assert metrics["operating_points"]["rule"] == "youden"
+    assert metrics["operating_points"]["source"] == f"stored in the weights' {sidecar_path(weights)}"
 
     # tools/predict.py on the same weights: calibrated probabilities, positive calls by the stored thresholds
     from paddle_chexnet.cli import predict as predict_cli
@@ -609,6 +609,16 @@ def test_flow_without_the_command():
                                atol=1e-12)
     assert stats.chosen_calibrated and stats.operating_points is not None and stats.bootstrap.n_resamples == 50
     assert len(stats.reliability) == C and stats.ece.shape == (C,)
+    # unknown labels (NaN, CheXpert's ignored ones) are left out of their class in every statistic
+    unknown = labels.copy()
+    unknown[::5, 2] = np.nan
+    known = ~np.isnan(unknown[:, 2])
+    partial = compute_statistics(names, unknown, probs, CLASS_NAMES, StatisticsOptions(bootstrap=50,
+                                                                                       choose_rule="youden"))
+    assert partial.auroc[2] == pytest.approx(roc_auc_score(labels[known, 2], probs[known, 2]), abs=1e-12)
+    assert partial.ece[2] == pytest.approx(ece_reference(labels[known, 2], probs[known, 2]), abs=1e-12)
+    assert partial.chosen.thresholds[2] == youden_reference(labels[known, 2], probs[known, 2])
+    assert np.isfinite(partial.bootstrap.ci_low).all()
     with pytest.raises(ValueError, match="give one of them per run"):
         compute_statistics(names, labels, probs, CLASS_NAMES, StatisticsOptions(choose_rule="f1",
                                                                                 thresholds=np.full(C, 0.5)))

@@ -19,10 +19,16 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from paddle_chexnet.errors import UserError
+
+if TYPE_CHECKING:
+    from paddle_chexnet.evaluation.reports import EvalResult
+    from paddle_chexnet.evaluation.statistics import Statistics, StatisticsOptions
+    from paddle_chexnet.models.spec import ModelSpec
 
 logger = logging.getLogger("paddle_chexnet.eval")
 
@@ -95,9 +101,9 @@ class StatisticsPlan:
         save (bool): store thresholds / temperatures in the sidecar.
     """
 
-    options: object
+    options: StatisticsOptions
     weights: Path | None
-    spec: object
+    spec: ModelSpec | None
     class_names: tuple[str, ...]
     temperatures: np.ndarray | None
     report: bool
@@ -150,10 +156,10 @@ def prepare_statistics(args: argparse.Namespace, from_file: bool | None = None, 
         read_json_file(args.thresholds, "write one with --choose-thresholds")  # its classes are checked later
     elif args.thresholds is not None:
         thresholds, rule = read_thresholds_file(args.thresholds, class_names)
-        where = str(args.thresholds)
+        where = f"from {args.thresholds}"
     elif args.choose_thresholds is None and spec is not None and spec.thresholds is not None:
         thresholds = spec.threshold_values(f"{sidecar}: thresholds")
-        rule, where = spec.threshold_rule or "unknown", f"{sidecar} (stored in the weights)"
+        rule, where = spec.threshold_rule or "unknown", f"stored in the weights' {sidecar}"
     temperatures = None
     if spec is not None and not from_file:
         stored = spec.temperature_values(f"{sidecar}: temperatures")
@@ -172,7 +178,8 @@ def prepare_statistics(args: argparse.Namespace, from_file: bool | None = None, 
                           args.save_to_weights)
 
 
-def _check_save(args: argparse.Namespace, weights: Path | None, spec, from_file: bool) -> None:
+def _check_save(args: argparse.Namespace, weights: Path | None, spec: ModelSpec | None, from_file: bool
+                ) -> None:
     from paddle_chexnet.models.spec import sidecar_path
 
     if not (args.calibrate or args.choose_thresholds):
@@ -198,7 +205,7 @@ def _check_save(args: argparse.Namespace, weights: Path | None, spec, from_file:
                         "updated")
 
 
-def _details(result, plan: StatisticsPlan, label_list: str | Path) -> dict[str, str]:
+def _details(result: EvalResult, plan: StatisticsPlan, label_list: str | Path) -> dict[str, str]:
     """The lines under the report's title."""
     options = plan.options
     details = {"label list": str(label_list), "images": str(len(result.names))}
@@ -213,8 +220,9 @@ def _details(result, plan: StatisticsPlan, label_list: str | Path) -> dict[str, 
     return details
 
 
-def _statistics(result, plan: StatisticsPlan, output_dir: Path, label_list: str | Path, raw_probs=None,
-                plot: bool = False, preds: bool = True, warn: bool = False):
+def _statistics(result: EvalResult, plan: StatisticsPlan, output_dir: Path, label_list: str | Path,
+                raw_probs: np.ndarray | None = None, plot: bool = False, preds: bool = True,
+                warn: bool = False) -> Statistics:
     from paddle_chexnet.evaluation.statistics import run_statistics
 
     return run_statistics(
@@ -224,7 +232,8 @@ def _statistics(result, plan: StatisticsPlan, output_dir: Path, label_list: str 
     )
 
 
-def finish_evaluation(result, args: argparse.Namespace, output_dir: str | Path, label_list: str | Path):
+def finish_evaluation(result: EvalResult, args: argparse.Namespace, output_dir: str | Path,
+                      label_list: str | Path) -> Statistics:
     """After ``evaluate(...)``: calibrate by the weights' temperatures, compute and write the statistics.
 
     ``preds.csv`` is written first (calibrated when the weights hold temperatures), so that a
@@ -262,7 +271,7 @@ def finish_evaluation(result, args: argparse.Namespace, output_dir: str | Path, 
     return stats
 
 
-def score_predictions(args: argparse.Namespace):
+def score_predictions(args: argparse.Namespace) -> EvalResult:
     """``eval.py --preds FILE``: every statistic of a predictions file, without a network.
 
     Returns:
@@ -308,7 +317,7 @@ def score_predictions(args: argparse.Namespace):
     return result
 
 
-def save_to_weights(plan: StatisticsPlan, stats) -> None:
+def save_to_weights(plan: StatisticsPlan, stats: Statistics) -> None:
     """Store the chosen thresholds (with their rule) and the fitted temperatures in the weights' sidecar."""
     from paddle_chexnet.models.loading import network_spec
     from paddle_chexnet.models.spec import sidecar_path, update_sidecar_spec

@@ -27,11 +27,11 @@ evaluated (``preds.csv``), and ``calibration.json`` gives the calibration error 
 from __future__ import annotations
 
 import json
-import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -65,7 +65,9 @@ from paddle_chexnet.evaluation.operating_points import (
     write_thresholds,
 )
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from paddle_chexnet.evaluation.html_report import ReportData
+    from paddle_chexnet.evaluation.reports import EvalResult
 
 BINNING = "equal-width bins of the predicted probability over [0, 1], the last one closed"
 
@@ -197,9 +199,9 @@ class Statistics:
             points = self.operating_points
             sens = points.rates["sensitivity"].estimate
             spec = points.rates["specificity"].estimate
-            lines.append(f"Operating points at the thresholds of {self.operating_source or points.rule} "
-                         f"(rule {points.rule}): mean sensitivity {_nanmean(sens):.3f}, "
-                         f"mean specificity {_nanmean(spec):.3f}")
+            where = f", {self.operating_source}" if self.operating_source else ""
+            lines.append(f"Operating points ({points.rule} thresholds{where}): mean sensitivity "
+                         f"{_nanmean(sens):.3f}, mean specificity {_nanmean(spec):.3f}")
         return lines
 
     def to_metrics(self) -> dict:
@@ -317,7 +319,7 @@ def compute_statistics(
         chosen = choose_thresholds(labels, scores, options.choose_rule, class_names, source)
         points = operating_points(labels, scores, chosen.thresholds, resampler, class_names, options.ci_level,
                                   str(chosen.rule))
-        operating_source = "chosen on these images (in-sample)"
+        operating_source = "chosen on these images, in-sample"
     elif options.thresholds is not None:
         thresholds = np.asarray(options.thresholds, dtype=np.float64)
         if thresholds.shape != (len(class_names),):
@@ -332,7 +334,8 @@ def compute_statistics(
                       options.ece_bins, calibration, chosen, chosen_calibrated, points, operating_source, band, options)
 
 
-def report_data(result, stats: Statistics, title: str = "", details: Mapping[str, str] | None = None):
+def report_data(result: EvalResult, stats: Statistics, title: str = "",
+                details: Mapping[str, str] | None = None) -> ReportData:
     """The :class:`~paddle_chexnet.evaluation.html_report.ReportData` of an evaluation and its statistics."""
     from paddle_chexnet.evaluation.html_report import ReportData
 
@@ -342,7 +345,7 @@ def report_data(result, stats: Statistics, title: str = "", details: Mapping[str
 
 
 def run_statistics(
-    result,
+    result: EvalResult,
     output_dir: str | Path,
     options: StatisticsOptions | None = None,
     raw_probs: np.ndarray | None = None,
