@@ -403,6 +403,15 @@ def test_names_without_a_patient_need_the_image_unit(tmp_path, caplog):
     assert run_eval(*common, "--output-dir", tmp_path / "b", "--bootstrap-unit", "image") == 0
 
 
+def test_resampling_units_checked_from_the_names():
+    args = eval_script.get_args_parser().parse_args([])
+    eval_statistics.check_resampling_units(args, ["00000001_000.png", "train/patient00002/study1/view1_frontal.jpg"])
+    with pytest.raises(eval_statistics.UserError, match="'scan.png'.*--bootstrap-unit image"):
+        eval_statistics.check_resampling_units(args, ["00000001_000.png", "scan.png"])
+    for flags in (["--bootstrap-unit", "image"], ["--bootstrap", "0"]):
+        eval_statistics.check_resampling_units(eval_script.get_args_parser().parse_args(flags), ["scan.png"])
+
+
 def test_update_sidecar_spec(tmp_path):
     weights = tmp_path / "w.pdparams"
     weights.write_bytes(b"")

@@ -178,6 +178,25 @@ def prepare_statistics(args: argparse.Namespace, from_file: bool | None = None, 
                           args.save_to_weights)
 
 
+def check_resampling_units(args: argparse.Namespace, names: list[str]) -> None:
+    """Refuse, before the network runs, image names from which ``--bootstrap-unit patient`` reads no patient.
+
+    For the dataset's construction in ``run()``: called with the names about to be evaluated,
+    it turns the error that would otherwise come after inference into one that comes first.
+
+    Raises:
+        UserError: a name follows neither NIH's nor CheXpert's scheme (the message names it and
+            ``--bootstrap-unit image``).
+    """
+    from paddle_chexnet.evaluation.grouping import PatientGroupingError, group_codes
+
+    if args.bootstrap and args.bootstrap_unit == "patient" and args.preds is None:
+        try:
+            group_codes(names, "patient")
+        except PatientGroupingError as exc:
+            raise UserError(str(exc)) from None
+
+
 def _check_save(args: argparse.Namespace, weights: Path | None, spec: ModelSpec | None, from_file: bool
                 ) -> None:
     from paddle_chexnet.models.spec import sidecar_path
