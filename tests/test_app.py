@@ -185,6 +185,31 @@ def test_service_result_files(weights, tmp_path):
     assert all(f.positive is None for f in no_thresholds.analyse(xray_png(tmp_path, 256)).findings)
 
 
+def test_service_applies_the_checkpoint_temperatures(tmp_path):
+    """Temperatures stored by eval.py --calibrate --save-to-weights: the app's probabilities are calibrated,
+    equal to tools/predict.py's, and the calls use them."""
+    from paddle_chexnet.app.service import XrayService
+    from paddle_chexnet.evaluation.calibration import apply_temperature
+    from paddle_chexnet.models.spec import update_sidecar_spec
+
+    plain = XrayService.from_weights(write_weights(tmp_path / "plain"), "cpu")
+    weights = write_weights(tmp_path / "calibrated")
+    temperatures = {name: 0.4 + 0.1 * i for i, name in enumerate(CLASS_NAMES)}
+    update_sidecar_spec(weights, temperatures=temperatures)
+    service = XrayService.from_weights(weights, "cpu")
+    image = xray_png(tmp_path, 256)
+    raw = plain.analyse(image).probabilities
+    analysis = service.analyse(image)
+    expected = apply_temperature(raw, list(temperatures.values()))
+    np.testing.assert_allclose(analysis.probabilities, expected, rtol=0, atol=1e-6)
+    assert not np.allclose(analysis.probabilities, raw, atol=1e-3)
+    np.testing.assert_allclose(analysis.probabilities, predict_cli(weights, image, tmp_path / "predict"), atol=1e-6)
+    record = json.loads(service.result_json(analysis))
+    assert record["calibrated"] is True and json.loads(plain.result_json(plain.analyse(image)))["calibrated"] is False
+    assert [f["positive"] for f in record["findings"]] == [f["probability"] >= 0.5 for f in record["findings"]]
+    assert "calibrated probabilities" in service.describe() and "calibrated" not in plain.describe()
+
+
 # --------------------------------------------------------------------------- the browser
 class Chromium:
     """Headless Chromium driven through the DevTools protocol over --remote-debugging-pipe (no extra library)."""

@@ -102,9 +102,12 @@ def test_evaluate_tiny_writes_outputs(tmp_path):
     np.testing.assert_allclose(preds, result.probs, rtol=1e-6, atol=1e-7)
     with open(out / "aucs.csv", newline="") as fh:
         aucs = list(csv.reader(fh))
-    assert aucs[0] == ["label", "auc"] and [r[0] for r in aucs[1:]] == list(CLASS_NAMES)
-    for c, (_, value) in enumerate(aucs[1:]):
+    # evaluate() alone computes no interval: its cells are empty (eval.py's statistics fill them)
+    assert aucs[0] == ["label", "auc", "ci_low", "ci_high"] and [r[0] for r in aucs[1:]] == [*CLASS_NAMES, "Mean"]
+    for c, (_, value, low, high) in enumerate(aucs[1:-1]):
         assert float(value) == pytest.approx(roc_auc_score(ds.labels[:, c], result.probs[:, c]), abs=1e-6)
+        assert low == high == ""
+    assert float(aucs[-1][1]) == pytest.approx(result.mean, abs=1e-6)
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["classes_in_mean"] == C and summary["images"] == 10
     assert summary["mean_auroc"] == pytest.approx(result.mean)

@@ -127,7 +127,7 @@ def test_predict_end_to_end_on_generated_images(tiny_weights, image_folder, tmp_
         box_rows = list(csv.DictReader(handle))
     assert len(box_rows) == sum(len(b) for b in boxes.values())
     table = (out / "predictions.txt").read_text()
-    assert table.startswith("a.png\n") and "* Effusion" in table and "(threshold 1.00)" in table
+    assert table.startswith("a.png\n") and "* Effusion" in table and "(threshold 1.0000)" in table
 
 
 def test_predicted_probabilities_are_those_of_the_shown_input(tiny_weights, image_folder, tmp_path):

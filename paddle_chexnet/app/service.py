@@ -8,7 +8,9 @@ shorter side 256, no crop), one forward pass through
 to the original pixels, boxes cut at half the map's maximum and
 :func:`~paddle_chexnet.localization.overlays.overlay_heatmap`. The
 probabilities are therefore the same numbers ``tools/predict.py`` prints for
-the same file.
+the same file, calibrated as it does when the checkpoint's sidecar holds
+per-class temperatures (``eval.py --calibrate --save-to-weights``), and
+findings are called positive by the sidecar's thresholds when it has them.
 
 Calls are serialised by a lock (the network's autograd state is not shared
 between threads); the Gradio queue in :mod:`paddle_chexnet.app.ui` keeps users
@@ -81,7 +83,7 @@ class Analysis:
         image (PIL.Image.Image): the picture as read (8-bit).
         chw (numpy.ndarray): the network input ``[3, h, w]``.
         geometry (InputGeometry): where the input lies in the picture.
-        probabilities (numpy.ndarray): ``[num_classes]``.
+        probabilities (numpy.ndarray): ``[num_classes]`` (calibrated when the model has temperatures).
         findings (list[Finding]): every class, by decreasing probability.
         class_names (tuple[str, ...]): the model's classes, in output order.
     """
@@ -128,10 +130,14 @@ class XrayService:
         self.spec = getattr(net, "spec", None)
         self.class_names = tuple(net.class_names)
         self.resize, self.box_threshold, self.alpha, self.device = resize, box_threshold, alpha, device
-        thresholds = getattr(self.spec, "thresholds", None)
-        self.thresholds = None if not thresholds else {n: float(thresholds[n]) for n in self.class_names
-                                                       if n in thresholds}
+        thresholds = temperatures = None
+        if self.spec is not None:
+            thresholds = self.spec.threshold_values("the checkpoint's thresholds")
+            temperatures = self.spec.temperature_values("the checkpoint's temperatures")
+        self.thresholds = None if thresholds is None else dict(zip(self.class_names, thresholds))
         self.threshold_rule = getattr(self.spec, "threshold_rule", None)
+        #: per-class temperatures applied to every probability (None: the network's own probabilities)
+        self.temperatures = None if temperatures is None else np.asarray(temperatures, dtype=np.float64)
         self._lock = threading.Lock()
 
     @classmethod
@@ -161,6 +167,8 @@ class XrayService:
             parts.append(f"thresholds: {self.threshold_rule or 'given'} rule")
         else:
             parts.append("no thresholds in the checkpoint (probabilities only)")
+        if self.temperatures is not None:
+            parts.append("calibrated probabilities (per-finding temperature scaling)")
         return ", ".join(parts)
 
     # ------------------------------------------------------------------ reading
@@ -218,6 +226,10 @@ class XrayService:
         with self._lock:
             out = compute_heatmaps(self.net, chw[None], "cam")
         probabilities = out.probabilities[0]
+        if self.temperatures is not None:
+            from paddle_chexnet.evaluation.calibration import apply_temperature
+
+            probabilities = apply_temperature(probabilities, self.temperatures)
         order = {n: i for i, n in enumerate(self.class_names)}
         findings = [Finding(n, float(probabilities[i]), None if not self.thresholds else self.thresholds.get(n))
                     for i, n in enumerate(self.class_names)]
@@ -260,6 +272,7 @@ class XrayService:
             "model": {"arch": getattr(self.spec, "arch", None), "task": getattr(self.spec, "task", None),
                       "pooling": getattr(self.net, "pooling", "avg")},
             "threshold_rule": self.threshold_rule if self.thresholds else None,
+            "calibrated": self.temperatures is not None,
             "findings": [{"finding": f.name, "probability": f.probability, "threshold": f.threshold,
                           "positive": f.positive} for f in analysis.findings],
             "disclaimer": DISCLAIMER,

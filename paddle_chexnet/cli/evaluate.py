@@ -7,6 +7,10 @@ converts evaluates without architecture flags.
 Example:
     python eval.py --weights pretrained_models/chexnet.pdparams --data-dir ChestX-ray14 \\
         --label-list ChestX-ray14/labels/test_list.txt --output-dir outputs/eval
+
+Once the probabilities exist, the statistics of :mod:`paddle_chexnet.cli.eval_statistics`
+follow: bootstrap intervals, calibration error, operating points, ``report.html``; with
+``--preds FILE`` they are computed from a predictions file, without a network.
 """
 from __future__ import annotations
 
@@ -16,6 +20,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from paddle_chexnet.cli.common import HelpFormatter, run_command
+from paddle_chexnet.cli.eval_statistics import (
+    RecordGiven,
+    add_statistics_arguments,
+    check_resampling_units,
+    finish_evaluation,
+    prepare_statistics,
+    score_predictions,
+)
 
 logger = logging.getLogger("paddle_chexnet.eval")
 
@@ -25,8 +37,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Per-finding AUROC of a CheXNet on ChestX-ray14 (ten-crop by default).",
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--weights", default="pretrained_models/chexnet.pdparams",
-                        help="a .pdparams from train.py or tools/convert_torch.py (architecture read from its .json)")
+    add_statistics_arguments(parser)
+    parser.add_argument("--weights", default="pretrained_models/chexnet.pdparams", action=RecordGiven,
+                        help="a .pdparams from train.py or tools/convert_torch.py (architecture read from its .json); "
+                             "with --preds optional: it then gives the classes and receives --save-to-weights")
     parser.add_argument("--dataset", choices=("nih", "chexpert"), default="nih",
                         help="nih (ChestX-ray14) or chexpert (Stanford's CSVs; valid.csv by default)")
     parser.add_argument("--data-dir", "--data_dir", default="ChestX-ray14",
@@ -144,6 +158,7 @@ def run(args: argparse.Namespace):
     labels = source.labels(label_list)
     check_weights_fit_labels(args.weights, labels.class_names, label_list)
     dataset = source.dataset_of(labels, resize=args.resize)
+    check_resampling_units(args, dataset.names)  # the bootstrap needs the images' patients: know it now
     if dataset.skipped:
         logger.warning("skipped %d missing images (listed in %s)", len(dataset.skipped), output_dir / "skipped.txt")
     device = prepare_device(args.device, args.num_threads)
@@ -157,6 +172,7 @@ def run(args: argparse.Namespace):
         batch_size=args.batch_size, num_workers=args.num_workers, progress=not args.no_progress,
         plot=not args.no_plot, processes=args.processes, skip_unreadable=args.skip_unreadable, fp16=args.fp16,
     )
+    finish_evaluation(result, args, output_dir, label_list)
     print(result.table())
     print(f"{len(result.names)} images in {result.seconds:.1f} s ({result.images_per_second:.2f} images/s); "
           f"results in {output_dir}")
@@ -164,6 +180,10 @@ def run(args: argparse.Namespace):
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.preds is not None:
+        score_predictions(args)
+        return 0
+    prepare_statistics(args, early=True)  # the statistics flags are checked before the network runs
     run(args)
     return 0
 

@@ -7,6 +7,12 @@ Reads PNG, JPEG and DICOM (``.dcm``, or any file with DICOM's ``DICM`` magic).
 Writes ``OUT/predictions.csv``, ``OUT/predictions.txt``, ``OUT/boxes.csv``,
 ``OUT/bounding_box.txt`` and ``OUT/heatmaps/<image>_<finding>.png`` for each
 finding at or above its threshold.
+
+Without ``--threshold``, the thresholds stored in the weights' sidecar are used
+(``eval.py --choose-thresholds RULE --save-to-weights``; the log and
+``predictions.txt`` name the rule), else 0.5. Temperatures stored there
+(``eval.py --calibrate --save-to-weights``) make every probability printed the
+calibrated one.
 """
 from __future__ import annotations
 
@@ -14,6 +20,8 @@ import argparse
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
 
 from paddle_chexnet.cli.common import HelpFormatter, run_command
 from paddle_chexnet.cli.heatmap_args import add_heatmap_box_arguments
@@ -33,9 +41,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="folder for predictions.csv/.txt, boxes.csv, bounding_box.txt and heatmaps/")
     parser.add_argument("--cam", "--method", dest="method", choices=METHODS, default="cam",
                         help="heatmap method: CAM, Grad-CAM or Grad-CAM++")
-    parser.add_argument("--threshold", "--thresholds", dest="threshold", default="0.5",
-                        help="probability threshold for overlays and boxes: a number, or a .json "
-                             "({finding: value, 'default': value}) or .csv (finding,threshold) file")
+    parser.add_argument("--threshold", "--thresholds", dest="threshold", default=None,
+                        help="probability threshold for positive calls, overlays and boxes: a number, or a .json "
+                             "({finding: value, 'default': value}; eval.py's thresholds.json) or .csv "
+                             "(finding,threshold) file (default: the thresholds in the weights' sidecar, else 0.5)")
     add_heatmap_box_arguments(parser)
     parser.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=8,
                         help="images per forward pass")
@@ -106,23 +115,51 @@ def check_inputs(paths: list[Path], skip_unreadable: bool, input_size: int) -> l
     return readable
 
 
+def decision_settings(threshold: str | None, weights: str | Path, spec) -> tuple[np.ndarray, np.ndarray | None,
+                                                                             list[str]]:
+    """The thresholds, the temperatures (or None) and the notes for ``predictions.txt``.
+
+    ``threshold`` (the ``--threshold`` flag) wins; without it the sidecar's thresholds are used,
+    else 0.5. The sidecar's temperatures are always applied.
+
+    Raises:
+        ValueError: a bad ``--threshold`` or malformed thresholds or temperatures in the sidecar.
+    """
+    from paddle_chexnet.localization.predict import read_thresholds
+    from paddle_chexnet.models.spec import sidecar_path
+
+    sidecar = sidecar_path(weights)
+    notes = []
+    stored = spec.threshold_values(f"{sidecar}: thresholds")
+    if threshold is not None:
+        thresholds = read_thresholds(threshold, spec.class_names)
+    elif stored is not None:
+        thresholds = np.asarray(stored)
+        notes.append(f"thresholds: {spec.threshold_rule or 'unnamed'} rule, from {sidecar.name}")
+        logger.info("calling findings positive at the thresholds in %s (chosen by the %s rule)", sidecar,
+                    spec.threshold_rule or "unnamed")
+    else:
+        thresholds = read_thresholds(0.5, spec.class_names)
+    temperatures = spec.temperature_values(f"{sidecar}: temperatures")
+    if temperatures is not None:
+        notes.append(f"probabilities: calibrated by the per-finding temperatures in {sidecar.name}")
+        logger.info("probabilities calibrated by the temperatures in %s", sidecar)
+    return thresholds, None if temperatures is None else np.asarray(temperatures), notes
+
+
 def run(args: argparse.Namespace):
     from tqdm import tqdm
 
     from paddle_chexnet.data.images import ImageReadError, list_images
     from paddle_chexnet.localization.cam import resolve_layer
-    from paddle_chexnet.localization.predict import (
-        PredictOptions,
-        predict,
-        read_thresholds,
-    )
+    from paddle_chexnet.localization.predict import PredictOptions, predict
     from paddle_chexnet.models.loading import load_network, network_spec
     from paddle_chexnet.utils.device import prepare_device
     from paddle_chexnet.utils.io import ensure_output_dir
 
     check_box_arguments(args)
     spec = network_spec(args.weights)  # the weights' classes, to check thresholds before anything is loaded
-    thresholds = read_thresholds(args.threshold, spec.class_names)
+    thresholds, temperatures, notes = decision_settings(args.threshold, args.weights, spec)
     inputs = check_inputs(list_images(args.input), args.skip_unreadable, args.crop or args.resize)
     if not inputs:
         raise ImageReadError(f"none of the files under {args.input} can be read as an image")
@@ -142,6 +179,8 @@ def run(args: argparse.Namespace):
         overlays=not args.no_overlays,
         alpha=args.alpha,
         skip_unreadable=args.skip_unreadable,
+        temperatures=temperatures,
+        notes=tuple(notes),
     )
     logger.info("weights %s (%s) on %s, %s heatmaps", args.weights, spec.arch, device, args.method)
     try:

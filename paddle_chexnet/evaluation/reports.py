@@ -1,18 +1,30 @@
-"""Evaluation outputs: the printed table, ``aucs.csv``, ``preds.csv``, ``metrics.json``, ROC plots."""
+"""Evaluation outputs: the printed table, ``aucs.csv``, ``preds.csv``, ``metrics.json``, ROC plots.
+
+``aucs.csv`` is ``label,auc,ci_low,ci_high``: one row per class, then ``Mean``;
+``nan`` marks an AUROC that is undefined (a class with one label value), an
+empty cell an interval that was not computed (no bootstrap). ``metrics.json``
+holds the mean and per-class AUROC, the run's settings and, when the statistics
+of :mod:`~paddle_chexnet.evaluation.statistics` were computed, their results
+(``bootstrap``, ``calibration``, ``thresholds_chosen``, ``operating_points``);
+it is strict JSON (an undefined value is ``null``).
+"""
 from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from paddle_chexnet.utils.io import atomic_path, atomic_write_text
+
+if TYPE_CHECKING:
+    from paddle_chexnet.evaluation.statistics import Statistics
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +36,8 @@ class EvalResult:
     Attributes:
         names (list[str]): image names, in evaluation order.
         class_names (tuple[str, ...]): the output columns.
-        probs (numpy.ndarray): float32 ``[N, C]`` probabilities (averaged over crops).
+        probs (numpy.ndarray): ``[N, C]`` probabilities (averaged over crops; float32 from the network,
+            float64 once calibrated or read from a file).
         labels (numpy.ndarray): float32 ``[N, C]``.
         per_class (dict[str, float]): AUROC per class (NaN where a class has one label value).
         mean (float): mean AUROC over the defined classes.
@@ -35,6 +48,10 @@ class EvalResult:
         seconds (float): wall time of loading + inference.
         files (dict[str, Path]): written outputs by kind.
         name_column (str): the first column of ``preds.csv``: ``Image Index`` (NIH) or ``Path`` (CheXpert).
+        statistics (Statistics, optional): intervals, calibration, operating points
+            (:func:`~paddle_chexnet.evaluation.statistics.run_statistics`). Default: None.
+        details (dict): further facts for ``metrics.json`` (the predictions file, the label list,
+            whether the probabilities are calibrated). Default: {}.
     """
 
     names: list[str]
@@ -50,14 +67,42 @@ class EvalResult:
     seconds: float = 0.0
     files: dict[str, Path] = field(default_factory=dict)
     name_column: str = "Image Index"
+    statistics: Statistics | None = None
+    details: dict[str, Any] = field(default_factory=dict)
 
     @property
     def images_per_second(self) -> float:
         return len(self.names) / self.seconds if self.seconds > 0 else float("nan")
 
     def table(self) -> str:
-        """The per-class AUROC table and the mean, as printed by ``eval.py``."""
-        return format_table(self.per_class, self.mean, self.n_used)
+        """The per-class AUROC table and the mean (with their intervals when bootstrapped), as ``eval.py`` prints."""
+        if self.statistics is None:
+            return format_table(self.per_class, self.mean, self.n_used)
+        table = (self.statistics.bootstrap.table() if self.statistics.bootstrap is not None
+                 else format_table(self.per_class, self.mean, self.n_used))
+        return "\n".join([table, *self.statistics.summary_lines()])
+
+    def metrics(self) -> dict[str, Any]:
+        """The ``metrics.json`` object (NaN as ``None``)."""
+        summary = {
+            "mean_auroc": _json_number(self.mean),
+            "classes_in_mean": self.n_used,
+            "per_class": {k: _json_number(v) for k, v in self.per_class.items()},
+            "images": len(self.names),
+            "skipped": len(self.skipped),
+            "crops": self.crops or None,
+            "backend": self.backend or None,
+            "seconds": round(self.seconds, 3),
+            "images_per_second": _json_number(round(self.images_per_second, 4)),
+        }
+        summary.update(self.details)
+        if self.statistics is not None:
+            summary.update(self.statistics.to_metrics())
+        return summary
+
+
+def _json_number(value: float) -> float | None:
+    return None if value is None or math.isnan(value) or math.isinf(value) else float(value)
 
 
 def format_table(per_class: dict[str, float], mean: float, n_used: int) -> str:
@@ -78,29 +123,32 @@ def _csv_text(rows: Sequence[Sequence[object]]) -> str:
     return buffer.getvalue()
 
 
-def write_outputs(result: EvalResult, output_dir: str | Path, plot: bool = True) -> dict[str, Path]:
-    """Write ``aucs.csv``, ``preds.csv``, ``metrics.json``, ``roc_curves.png`` (and ``skipped.txt``)."""
+def write_outputs(result: EvalResult, output_dir: str | Path, plot: bool = True, preds: bool = True
+                  ) -> dict[str, Path]:
+    """Write ``aucs.csv``, ``preds.csv``, ``metrics.json``, ``roc_curves.png`` (and ``skipped.txt``).
+
+    Args:
+        result (EvalResult): what to write; with ``result.statistics`` the intervals and the
+            statistics' keys of ``metrics.json`` are written too.
+        output_dir (str | Path): the folder.
+        plot (bool, optional): draw ``roc_curves.png``. Default: True.
+        preds (bool, optional): write ``preds.csv`` (not when scoring that very file). Default: True.
+    """
+    from paddle_chexnet.evaluation.statistics import auc_rows, dumps
+
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    files = {"aucs": out / "aucs.csv", "preds": out / "preds.csv", "metrics": out / "metrics.json"}
-    auc_rows = [["label", "auc"]] + [[name, f"{auc:.6f}" if not math.isnan(auc) else "nan"]
-                                     for name, auc in result.per_class.items()]
-    atomic_write_text(files["aucs"], _csv_text(auc_rows))
-    pred_rows = [[result.name_column, *result.class_names]]
-    pred_rows += [[name, *(f"{p:.8g}" for p in row)] for name, row in zip(result.names, result.probs)]
-    atomic_write_text(files["preds"], _csv_text(pred_rows))
-    summary = {
-        "mean_auroc": None if math.isnan(result.mean) else result.mean,
-        "classes_in_mean": result.n_used,
-        "per_class": {k: (None if math.isnan(v) else v) for k, v in result.per_class.items()},
-        "images": len(result.names),
-        "skipped": len(result.skipped),
-        "crops": result.crops,
-        "backend": result.backend,
-        "seconds": round(result.seconds, 3),
-        "images_per_second": round(result.images_per_second, 4),
-    }
-    atomic_write_text(files["metrics"], json.dumps(summary, indent=2) + "\n")
+    files = {"aucs": out / "aucs.csv", "metrics": out / "metrics.json"}
+    rows = result.statistics.csv_rows() if result.statistics is not None else auc_rows(result.per_class, result.mean)
+    atomic_write_text(files["aucs"], _csv_text(rows))
+    if preds:
+        files["preds"] = out / "preds.csv"
+        # float32 network outputs need 8 digits; calibrated (float64) ones more, so no two are rounded together
+        digits = 8 if np.asarray(result.probs).dtype == np.float32 else 12
+        pred_rows = [[result.name_column, *result.class_names]]
+        pred_rows += [[name, *(f"{p:.{digits}g}" for p in row)] for name, row in zip(result.names, result.probs)]
+        atomic_write_text(files["preds"], _csv_text(pred_rows))
+    atomic_write_text(files["metrics"], dumps(result.metrics()))
     if result.skipped:
         files["skipped"] = out / "skipped.txt"
         atomic_write_text(files["skipped"], "\n".join(result.skipped) + "\n")
@@ -140,7 +188,8 @@ def plot_roc_curves(result: EvalResult, path: str | Path) -> None:
             ax.set_xlabel("false positive rate", fontsize=8)
     for c in range(n, rows * cols):
         axes[c // cols][c % cols].axis("off")
-    fig.suptitle(f"ROC, {result.crops}-crop, {len(result.names)} images, mean AUROC {result.mean:.3f}")
+    how = f"{result.crops}-crop, " if result.crops else ""
+    fig.suptitle(f"ROC, {how}{len(result.names)} images, mean AUROC {result.mean:.3f}")
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)

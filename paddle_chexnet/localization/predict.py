@@ -16,6 +16,17 @@ The probabilities reported next to the heatmaps come from the same forward
 pass, so a label "Effusion 0.87" is the probability of the picture shown. They
 can differ slightly from ``eval.py``'s ten-crop average, which is the number to
 use for AUROC.
+
+Thresholds and calibration
+--------------------------
+A finding is called positive at or above its threshold: the ``--threshold``
+given, else the thresholds stored in the weights' sidecar (``eval.py
+--choose-thresholds ... --save-to-weights``), else 0.5. When the sidecar holds
+per-class temperatures (``eval.py --calibrate --save-to-weights``), every
+probability written or compared with a threshold is the calibrated one,
+``sigmoid(logit(p) / T)``; the heatmaps do not change. ``predictions.txt``
+says where the thresholds came from and whether the probabilities are
+calibrated.
 """
 from __future__ import annotations
 
@@ -239,15 +250,22 @@ def iter_heatmaps(
 
 
 def format_prediction_table(rows: Sequence[tuple[str, np.ndarray]], class_names: Sequence[str],
-                            thresholds: np.ndarray) -> str:
-    """A readable table: one block per image, findings by decreasing probability, ``*`` above the threshold."""
+                            thresholds: np.ndarray, notes: Sequence[str] = ()) -> str:
+    """A readable table: one block per image, findings by decreasing probability, ``*`` at or above the threshold.
+
+    Args:
+        notes (Sequence[str], optional): lines printed first, each as ``# note`` (where the thresholds
+            came from, whether the probabilities are calibrated). Default: ().
+    """
     width = max(len(n) for n in class_names)
-    lines = []
+    lines = [f"# {note}" for note in notes]
+    if lines:
+        lines.append("")
     for name, probabilities in rows:
         lines.append(name)
         for k in np.argsort(-probabilities, kind="stable"):
             mark = "*" if probabilities[k] >= thresholds[k] else " "
-            lines.append(f"  {mark} {class_names[k]:<{width}}  {probabilities[k]:.4f}  (threshold {thresholds[k]:.2f})")
+            lines.append(f"  {mark} {class_names[k]:<{width}}  {probabilities[k]:.4f}  (threshold {thresholds[k]:.4f})")
         lines.append("")
     return "\n".join(lines)
 
@@ -294,6 +312,11 @@ class PredictOptions:
         alpha (float): weight of the heatmap colours in the overlays.
         skip_unreadable (bool): log and skip files that cannot be read (a DICOM
             report without pixels, a truncated PNG) instead of stopping.
+        temperatures (numpy.ndarray | None): per-finding temperatures; probabilities are then
+            ``sigmoid(logit(p) / T)`` everywhere (tables, thresholds, overlay labels). None: as the
+            network gives them.
+        notes (tuple[str, ...]): lines for the top of ``predictions.txt`` (e.g. which rule made the
+            thresholds).
     """
 
     method: str = "cam"
@@ -308,6 +331,8 @@ class PredictOptions:
     overlays: bool = True
     alpha: float = 0.4
     skip_unreadable: bool = False
+    temperatures: np.ndarray | None = None
+    notes: tuple[str, ...] = ()
 
 
 @dataclass
@@ -363,6 +388,16 @@ def predict(
     class_names = list(net.class_names)
     if len(options.thresholds) != len(class_names):
         raise ValueError(f"{len(options.thresholds)} thresholds for {len(class_names)} findings")
+    calibrate = None
+    if options.temperatures is not None:
+        from paddle_chexnet.evaluation.calibration import apply_temperature
+
+        temperatures = np.asarray(options.temperatures, dtype=np.float64)
+        if temperatures.shape != (len(class_names),):
+            raise ValueError(f"{temperatures.size} temperatures for {len(class_names)} findings")
+
+        def calibrate(probabilities: np.ndarray) -> np.ndarray:
+            return apply_temperature(probabilities, temperatures)
     source, output_dir = Path(source), Path(output_dir)
     paths = list_images(source)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -381,14 +416,15 @@ def predict(
                                   options.layer, progress=bar.update if bar else None,
                                   on_error=skip if options.skip_unreadable else None):
             name = display_name(item.path, source)
-            predictions.append((name, item.probabilities))
+            probabilities = item.probabilities if calibrate is None else calibrate(item.probabilities)
+            predictions.append((name, probabilities))
             image_boxes: list[Box] = []
-            for k in np.flatnonzero(item.probabilities >= options.thresholds):
+            for k in np.flatnonzero(probabilities >= options.thresholds):
                 finding = class_names[k]
                 found = item.boxes(int(k), finding, options.box_threshold, options.min_box_area, options.max_boxes)
                 image_boxes.extend(found)
                 if options.overlays:
-                    label = f"{finding} p={item.probabilities[k]:.2f} ({METHOD_TITLES[options.method]})"
+                    label = f"{finding} p={probabilities[k]:.2f} ({METHOD_TITLES[options.method]})"
                     picture = overlay_heatmap(item.image, item.heatmap(int(k)), found, label, alpha=options.alpha,
                                               scale=display_scale(item.image.size))
                     overlays.append(save_png(picture, output_dir / "heatmaps" / overlay_name(name, finding)))
@@ -403,7 +439,8 @@ def predict(
         "boxes_txt": output_dir / "bounding_box.txt",
     }
     write_predictions_csv(files["predictions_csv"], predictions, class_names)
-    atomic_write_text(files["predictions_txt"], format_prediction_table(predictions, class_names, options.thresholds))
+    atomic_write_text(files["predictions_txt"],
+                      format_prediction_table(predictions, class_names, options.thresholds, options.notes))
     write_boxes_csv(files["boxes_csv"], all_boxes)
     write_localization_txt(files["boxes_txt"], all_boxes)
     return PredictResult(predictions, all_boxes, files, overlays, skipped)

@@ -5,7 +5,10 @@ it (``best.pdparams`` / ``best.json``, ``model.pdparams`` / ``model.json``),
 holding under the key ``"model"`` the architecture, its options, the pooling,
 the task and the class names: everything :func:`~paddle_chexnet.models.loading.load_network`
 needs to rebuild the network without flags. Thresholds and calibration
-temperatures that evaluation fits are stored there too.
+temperatures that evaluation fits are stored there too
+(:func:`update_sidecar_spec`, what ``eval.py --save-to-weights`` calls): every
+command that prints probabilities applies the temperatures, and
+``tools/predict.py`` and the web app call findings positive by the thresholds.
 
 Sidecars of earlier versions (training checkpoints with only ``"config"`` and
 ``"class_names"``, conversion sidecars with ``"num_classes"`` and
@@ -14,12 +17,14 @@ from their keys where the family allows it (DenseNets).
 """
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from paddle_chexnet.utils.io import read_json_file
+from paddle_chexnet.utils.io import atomic_write_text, read_json_file
 
 SPEC_KEY = "model"
 
@@ -78,6 +83,48 @@ class ModelSpec:
     def with_updates(self, **changes: Any) -> ModelSpec:
         return replace(self, **changes)
 
+    def threshold_values(self, where: str = "the model's thresholds") -> tuple[float, ...] | None:
+        """The thresholds in ``class_names`` order, or ``None`` when the spec has none.
+
+        Raises:
+            ValueError: a class without a threshold, an unknown class, or a value outside [0, 1];
+                the message starts with ``where``.
+        """
+        return None if self.thresholds is None else _per_class(self.thresholds, self.class_names, where,
+                                                               "threshold", lambda v: 0.0 <= v <= 1.0,
+                                                               "a number in [0, 1]")
+
+    def temperature_values(self, where: str = "the model's temperatures") -> tuple[float, ...] | None:
+        """The temperatures in ``class_names`` order, or ``None`` when the spec has none.
+
+        Raises:
+            ValueError: a class without a temperature, an unknown class, or a value that is not a
+                positive finite number; the message starts with ``where``.
+        """
+        return None if self.temperatures is None else _per_class(self.temperatures, self.class_names, where,
+                                                                 "temperature", lambda v: 0.0 < v < math.inf,
+                                                                 "a positive number")
+
+
+def _per_class(values: object, class_names: tuple[str, ...], where: str, what: str, valid, expected: str
+               ) -> tuple[float, ...]:
+    if not isinstance(values, Mapping):
+        raise ValueError(f"{where}: expected an object {{class name: {what}}}, got {type(values).__name__}")
+    unknown = [k for k in values if k not in class_names]
+    if unknown:
+        raise ValueError(f"{where}: {what} for unknown class(es) {', '.join(map(str, unknown))}; the model's "
+                         f"classes are {', '.join(class_names)}")
+    missing = [n for n in class_names if n not in values]
+    if missing:
+        raise ValueError(f"{where}: no {what} for {', '.join(missing)}")
+    out = []
+    for name in class_names:
+        value = values[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not valid(float(value)):
+            raise ValueError(f"{where}: the {what} of {name} must be {expected}, got {value!r}")
+        out.append(float(value))
+    return tuple(out)
+
 
 def sidecar_path(weights: str | Path) -> Path:
     """The JSON beside a weights file: ``best.pdparams`` -> ``best.json``."""
@@ -116,3 +163,44 @@ def read_spec(weights: str | Path) -> ModelSpec | None:
 def spec_record(spec: ModelSpec) -> dict[str, Any]:
     """``{"model": spec}``, to merge into a sidecar."""
     return {SPEC_KEY: spec.to_dict()}
+
+
+def update_sidecar_spec(weights: str | Path, base: ModelSpec | None = None, **changes: Any) -> ModelSpec:
+    """Change fields of the spec in a weights file's sidecar, keeping every other key of the JSON.
+
+    The sidecar is read, its ``"model"`` record updated (written from ``base`` when the sidecar
+    holds no spec yet, e.g. weights without a sidecar or one of an earlier version) and the
+    file replaced atomically, so a reader never sees half of it. A training checkpoint's
+    other keys (epoch, metric, the digests of its files) are kept as they are.
+
+    Args:
+        weights (str | Path): the ``.pdparams``; its sidecar is :func:`sidecar_path` of it.
+        base (ModelSpec, optional): the spec to start from when the sidecar has none
+            (:func:`~paddle_chexnet.models.loading.network_spec` infers it). Default: None.
+        **changes: fields of :class:`ModelSpec`, e.g. ``thresholds={...}, threshold_rule="youden"``
+            or ``temperatures={...}``; they are checked as :meth:`ModelSpec.threshold_values` and
+            :meth:`ModelSpec.temperature_values` check them.
+
+    Returns:
+        ModelSpec: the spec now stored.
+
+    Raises:
+        ValueError: an unknown field, a malformed sidecar, no spec and no ``base``, or invalid values.
+
+    Examples:
+        >>> update_sidecar_spec("outputs/run/best.pdparams", thresholds=t, threshold_rule="youden")  # doctest: +SKIP
+    """
+    path = sidecar_path(weights)
+    unknown = sorted(set(changes) - set(ModelSpec.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"unknown model field(s) {', '.join(unknown)}")
+    record = read_sidecar(weights) or {}
+    spec = spec_from_record(record, str(path)) or base
+    if spec is None:
+        raise ValueError(f"{path}: holds no model record to update; give the spec to start from")
+    updated = spec.with_updates(**{k: (dict(v) if isinstance(v, Mapping) else v) for k, v in changes.items()})
+    updated.threshold_values(f"{path}: thresholds")
+    updated.temperature_values(f"{path}: temperatures")
+    record[SPEC_KEY] = updated.to_dict()
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    return updated
