@@ -16,13 +16,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import paddle
 import pytest
+from conftest import write_weights as conftest_write_weights
 from PIL import Image
 
 from paddle_chexnet.data.labels import CLASS_NAMES
-from paddle_chexnet.models.registry import build_network
-from paddle_chexnet.models.spec import spec_record
 
 gr = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
@@ -32,19 +30,8 @@ THRESHOLDS = {name: 0.5 for name in CLASS_NAMES}
 
 
 def write_weights(folder: Path, thresholds: dict | None = THRESHOLDS) -> Path:
-    paddle.seed(3)
-    net = build_network("tiny", 14)
-    for name, value in net.state_dict().items():
-        if name.endswith("_mean"):
-            value.set_value(paddle.uniform(value.shape, min=-0.2, max=0.2))
-        elif name.endswith("_variance"):
-            value.set_value(paddle.uniform(value.shape, min=0.5, max=1.5))
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "tiny.pdparams"
-    paddle.save(net.state_dict(), str(path))
-    spec = net.spec if thresholds is None else net.spec.with_updates(thresholds=thresholds, threshold_rule="youden")
-    path.with_suffix(".json").write_text(json.dumps(spec_record(spec)), encoding="utf-8")
-    return path
+    changes = {} if thresholds is None else {"thresholds": thresholds, "threshold_rule": "youden"}
+    return conftest_write_weights(folder, seed=3, **changes)
 
 
 def free_port() -> int:

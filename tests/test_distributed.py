@@ -56,7 +56,7 @@ def _launch(root: Path, config: TrainConfig, **extra_env: str) -> None:
 
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainConfig, Path]:
-    from test_training import make_dataset
+    from conftest import make_split_dataset as make_dataset
 
     root = tmp_path_factory.mktemp("dist")
     data = make_dataset(root / "data", n_train=12, n_val=7)
@@ -71,7 +71,7 @@ def two_process_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[TrainConf
 
 def test_two_processes_read_disjoint_shares_of_one_image_cache(tmp_path: Path) -> None:
     """Several processes (or machines, on shared storage) use one cache; each reads only its share of a batch."""
-    from test_training import make_dataset
+    from conftest import make_split_dataset as make_dataset
 
     from paddle_chexnet.cli import build_cache
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import paddle
 import pytest
-from conftest import cli_env
+from conftest import cli_env, seeded_network
+from conftest import make_test_images as _make_dataset
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
@@ -22,42 +23,13 @@ from paddle_chexnet.data.labels import CLASS_NAMES
 from paddle_chexnet.data.transforms import EvalTransform
 from paddle_chexnet.evaluation.evaluate import evaluate, iterate_batches
 from paddle_chexnet.inference.predictors import DygraphPredictor, InferencePredictor
-from paddle_chexnet.models.densenet import DenseNet, chexnet
+from paddle_chexnet.models.densenet import chexnet
 from paddle_chexnet.utils.io import atomic_paddle_save
 
 REPO = Path(__file__).resolve().parents[1]
 C = len(CLASS_NAMES)
 
 
-
-
-def _make_dataset(root: Path, n: int = 12, nested: bool = True, seed: int = 0) -> tuple[Path, Path]:
-    """Small gray images (a few in other modes) and a label list where every class has both values."""
-    rng = np.random.default_rng(seed)
-    images = root / "images"
-    names, rows = [], []
-    for i in range(n):
-        folder = images / (f"images_{i % 3 + 1:03d}" + "/images") if nested else images
-        folder.mkdir(parents=True, exist_ok=True)
-        name = f"{i:08d}_000.png"
-        pixels = rng.integers(0, 256, (44, 48), dtype=np.uint8)
-        image = Image.fromarray(pixels, "L")
-        if i == 1:
-            image = image.convert("RGBA")
-        elif i == 2:
-            image = Image.fromarray(pixels.astype(np.uint16) * 16)  # 16-bit
-        image.save(folder / name)
-        names.append(name)
-        rows.append([(i + c) % 2 for c in range(C)])
-    labels = root / "labels" / "test_list.txt"
-    labels.parent.mkdir(parents=True, exist_ok=True)
-    labels.write_text("".join(f"{n} {' '.join(map(str, r))}\n" for n, r in zip(names, rows)))
-    return images, labels
-
-
-def _tiny(seed: int = 0) -> DenseNet:
-    paddle.seed(seed)
-    return DenseNet(growth_rate=4, block_config=(1, 2), num_init_features=8, bn_size=2, num_classes=C)
 
 
 @pytest.mark.parametrize("crops", ["ten", "center"])
@@ -84,7 +56,7 @@ def test_loader_error_names_the_file(tmp_path):
 def test_evaluate_tiny_writes_outputs(tmp_path):
     images, labels = _make_dataset(tmp_path, n=10)
     ds = ChestXray14Dataset(images, labels)
-    net = _tiny()
+    net = seeded_network()
     predictor = DygraphPredictor(net)
     result = evaluate(predictor, ds, tmp_path / "out", crops="ten", resize=40, crop=32, batch_size=3,
                       num_workers=0, progress=False)
@@ -119,7 +91,7 @@ def test_evaluate_tiny_writes_outputs(tmp_path):
 def test_parallel_processes_match_single_process(tmp_path):
     images, labels = _make_dataset(tmp_path, n=7, nested=False)
     ds = ChestXray14Dataset(images, labels)
-    net = _tiny(1)
+    net = seeded_network(seed=1)
     fast = InferencePredictor.from_network(net, tmp_path / "export", crop=32, num_threads=2)
     common = dict(crops="ten", resize=40, crop=32, batch_size=2, progress=False, plot=False)
     one = evaluate(fast, ds, num_workers=0, **common)
@@ -137,7 +109,7 @@ def test_evaluate_one_valued_class_nan(tmp_path):
     ll.labels[:, 3] = 0  # Infiltration: no positives
     ds = ChestXray14Dataset(images, ll)
     with pytest.warns(UserWarning, match="Infiltration"):
-        result = evaluate(DygraphPredictor(_tiny()), ds, tmp_path / "out", crops="center", resize=40, crop=32,
+        result = evaluate(DygraphPredictor(seeded_network()), ds, tmp_path / "out", crops="center", resize=40, crop=32,
                           num_workers=0, progress=False)
     assert np.isnan(result.per_class["Infiltration"]) and result.n_used == C - 1
     assert "over 13 of 14 classes" in result.table()

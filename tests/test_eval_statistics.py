@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import paddle
 import pytest
-from conftest import cli_env
+from conftest import cli_env, write_weights
 from PIL import Image
 from scipy.optimize import minimize_scalar
 from scipy.special import expit
@@ -299,18 +299,7 @@ def test_calibrate_minimises_the_cross_entropy(tmp_path):
 
 def tiny_weights(folder: Path, extra: dict | None = None, seed: int = 3) -> Path:
     """A tiny DenseNet with a sidecar holding its spec (and ``extra`` keys, as a training checkpoint has)."""
-    paddle.seed(seed)
-    net = build_network("tiny", C)
-    for name, value in net.state_dict().items():
-        if name.endswith("_mean"):
-            value.set_value(paddle.uniform(value.shape, min=-0.2, max=0.2))
-        elif name.endswith("_variance"):
-            value.set_value(paddle.uniform(value.shape, min=0.5, max=1.5))
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "tiny.pdparams"
-    paddle.save(net.state_dict(), str(path))
-    sidecar_path(path).write_text(json.dumps({"epoch": 7, **(extra or {}), **spec_record(net.spec)}, indent=1))
-    return path
+    return write_weights(folder, seed=seed, extra={"epoch": 7, **(extra or {})})
 
 
 def test_save_to_weights_stores_thresholds_and_temperatures_and_keeps_the_rest(tmp_path, scored):

@@ -2,7 +2,6 @@
 reproduces the input, refusals, --verify catching a broken graph, and the INT8 check."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import paddle
 import pytest
+from conftest import write_weights as conftest_write_weights
 from PIL import Image
 
 from paddle_chexnet.cli.export_model import entry
@@ -22,8 +22,6 @@ from paddle_chexnet.inference.onnx_export import OnnxPredictor, onnx_opset
 from paddle_chexnet.inference.predictors import DygraphPredictor, InferencePredictor
 from paddle_chexnet.inference.preprocess import apply_preprocess, read_preprocess
 from paddle_chexnet.models.loading import load_network
-from paddle_chexnet.models.registry import build_network
-from paddle_chexnet.models.spec import spec_record
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -35,19 +33,8 @@ THRESHOLDS = {name: round(0.1 + 0.05 * i, 2) for i, name in enumerate(CLASS_NAME
 
 def write_weights(folder: Path, arch: str = "tiny", seed: int = 0, thresholds: dict | None = None) -> Path:
     """A seeded network with non-trivial BatchNorm statistics, saved with its sidecar."""
-    paddle.seed(seed)
-    net = build_network(arch, 14)
-    for name, value in net.state_dict().items():
-        if name.endswith("_mean"):
-            value.set_value(paddle.uniform(value.shape, min=-0.2, max=0.2))
-        elif name.endswith("_variance"):
-            value.set_value(paddle.uniform(value.shape, min=0.5, max=1.5))
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{arch}.pdparams"
-    paddle.save(net.state_dict(), str(path))
-    spec = net.spec if thresholds is None else net.spec.with_updates(thresholds=thresholds, threshold_rule="youden")
-    path.with_suffix(".json").write_text(json.dumps(spec_record(spec)), encoding="utf-8")
-    return path
+    changes = {} if thresholds is None else {"thresholds": thresholds, "threshold_rule": "youden"}
+    return conftest_write_weights(folder, arch, seed, **changes)
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import paddle
 import pytest
+from conftest import seeded_network
 
 from paddle_chexnet.inference.export import cached_export, default_cache_dir, export_key
 from paddle_chexnet.inference.predictors import (
@@ -11,21 +12,8 @@ from paddle_chexnet.inference.predictors import (
     InferencePredictor,
     load_predictor,
 )
-from paddle_chexnet.models.densenet import DenseNet, chexnet
+from paddle_chexnet.models.densenet import chexnet
 from paddle_chexnet.utils.io import atomic_paddle_save
-
-
-def _tiny(seed: int = 0) -> DenseNet:
-    paddle.seed(seed)
-    net = DenseNet(growth_rate=4, block_config=(1, 2), num_init_features=8, bn_size=2, num_classes=14)
-    # Non-trivial BN statistics, so a wrong fusion of BN into the convolution would show.
-    for name, value in net.state_dict().items():
-        if name.endswith("_mean"):
-            value.set_value(paddle.uniform(value.shape, min=-0.2, max=0.2))
-        elif name.endswith("_variance"):
-            value.set_value(paddle.uniform(value.shape, min=0.5, max=1.5))
-    net.eval()
-    return net
 
 
 def _batch(n: int, size: int, seed: int = 1) -> np.ndarray:
@@ -33,7 +21,7 @@ def _batch(n: int, size: int, seed: int = 1) -> np.ndarray:
 
 
 def test_dygraph_predictor_is_sigmoid_of_logits():
-    net = _tiny()
+    net = seeded_network()
     x = _batch(3, 32)
     probs = DygraphPredictor(net)(x)
     with paddle.no_grad():
@@ -43,7 +31,7 @@ def test_dygraph_predictor_is_sigmoid_of_logits():
 
 
 def test_inference_matches_dygraph_tiny_variable_batch(tmp_path):
-    net = _tiny()
+    net = seeded_network()
     fast = InferencePredictor.from_network(net, tmp_path / "export", crop=32, num_threads=1)
     slow = DygraphPredictor(net)
     assert fast.class_names == net.class_names
@@ -54,7 +42,7 @@ def test_inference_matches_dygraph_tiny_variable_batch(tmp_path):
 
 @pytest.mark.parametrize("micro_batch", [1, 4, 7, None])
 def test_micro_batches_give_the_same_probabilities(tmp_path, micro_batch):
-    net = _tiny()
+    net = seeded_network()
     x = _batch(13, 32, seed=4)
     whole = DygraphPredictor(net)(x)
     np.testing.assert_allclose(DygraphPredictor(net, micro_batch=micro_batch)(x), whole, rtol=0, atol=1e-6)

@@ -19,9 +19,10 @@ import numpy as np
 import paddle
 import pytest
 from conftest import cli_env
+from conftest import make_split_dataset as make_dataset
+from conftest import make_test_images as _make_dataset
 from PIL import Image
-from test_eval import _make_dataset
-from test_training import make_dataset, tiny_config
+from test_training import tiny_config
 
 from paddle_chexnet.data.labels import CLASS_NAMES
 from paddle_chexnet.engine.callbacks import DivergenceGuard, NonFiniteLossError, RunState, ValidationOnly

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import paddle
 import pytest
-from PIL import Image
+from conftest import make_split_dataset as make_dataset
 
 from paddle_chexnet.data.labels import CLASS_NAMES
 from paddle_chexnet.engine.callbacks import NonFiniteLossError, history_columns
@@ -18,23 +18,6 @@ from paddle_chexnet.engine.config import TrainConfig, config_from_sources
 from paddle_chexnet.engine.trainer import run_training
 from paddle_chexnet.models.densenet import TINY, DenseNet
 from paddle_chexnet.models.state_dict import load_weights
-
-
-def make_dataset(root: Path, n_train: int = 12, n_val: int = 8, size: int = 40, seed: int = 0) -> Path:
-    """Random gray PNGs and CheXNet label lists; every class has both values in val."""
-    rng = np.random.default_rng(seed)
-    (root / "images").mkdir(parents=True)
-    (root / "labels").mkdir()
-    for split, count in (("train", n_train), ("val", n_val)):
-        lines = []
-        labels = (rng.random((count, len(CLASS_NAMES))) < 0.4).astype(int)
-        labels[0], labels[1] = 1, 0  # both values present in every class
-        for i in range(count):
-            name = f"{split}_{i:03d}.png"
-            Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)).save(root / "images" / name)
-            lines.append(name + " " + " ".join(str(v) for v in labels[i]))
-        (root / "labels" / f"{split}_list.txt").write_text("\n".join(lines) + "\n")
-    return root
 
 
 @pytest.fixture()
