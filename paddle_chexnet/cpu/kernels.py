@@ -13,7 +13,8 @@ MKL's CBLAS for the products) and wraps them:
 * :func:`conv3x3_kernel`: the dense layers' 3x3 convolutions;
   :func:`conv_im2col_kernel`: any other convolution (the stem);
 * :func:`max_pool_kernel`: the stem's max pooling; :func:`concat_channels`:
-  the dense blocks' concatenations.
+  the dense blocks' concatenations;
+* :func:`depthwise_conv_kernel`: EfficientNet's depthwise convolutions.
 
 Each is used where it applies, CPU float32 tensors in a dynamic graph (and,
 for the BatchNorms, a ``BatchNorm2D`` in training mode); GPUs, ``to_static``
@@ -67,7 +68,7 @@ SWITCH_VARIABLE = "PADDLE_CHEXNET_CPU_KERNELS"
 
 
 OPERATORS = ("chexnet_bn_relu", "chexnet_bn_relu_pool", "chexnet_concat", "chexnet_conv3x3", "chexnet_conv_im2col",
-             "chexnet_max_pool")
+             "chexnet_max_pool", "chexnet_depthwise_conv")
 
 
 DIRECTORY_VARIABLE = "PADDLE_CHEXNET_KERNEL_DIR"

@@ -46,8 +46,15 @@ def check_pooling(pooling: str) -> str:
     return pooling
 
 
-def log_sum_exp_pool(features: paddle.Tensor, r: float = LSE_R) -> paddle.Tensor:
-    """``[B, C]``: per channel ``m + log(mean exp(r (A - m))) / r`` over the ``h x w`` cells (see the module)."""
+def log_sum_exp_pool(features: paddle.Tensor, r: float | None = None) -> paddle.Tensor:
+    """``[B, C]``: per channel ``m + log(mean exp(r (A - m))) / r`` over the ``h x w`` cells (see the module).
+
+    Args:
+        features (paddle.Tensor): ``[B, C, h, w]``.
+        r (float, optional): the sharpness. Default: None (:data:`LSE_R`).
+    """
+    # (a default of LSE_R itself would not survive paddle.jit's rewrite of the function)
+    r = LSE_R if r is None else float(r)
     flat = paddle.flatten(features, 2)
     # the value does not depend on m, and neither does the gradient (d/dm is 0), so m needs no graph
     m = paddle.max(flat, axis=2, keepdim=True).detach()

@@ -912,3 +912,151 @@ PD_BUILD_GRAD_OP(chexnet_concat)
     .Outputs({paddle::Grad(paddle::Vec("X"))})
     .Attrs({"threads: int"})
     .SetKernelFn(PD_KERNEL(ConcatBackward));
+
+// 6. Depthwise convolution (groups == channels, one k x k filter per channel, no bias; EfficientNet's
+//    MBConv blocks), parallel over image planes forward and over channels backward. Paddle's CPU
+//    depthwise kernels run on one thread. Each plane is accumulated tap by tap, a row at a time (the
+//    row loop vectorises at stride 1); a channel's weight gradient is summed by the one thread that
+//    owns the channel, so no reduction across threads is needed.
+
+namespace {
+
+struct DepthwiseGeometry {
+  int64_t batch, channels, height, width, kernel, stride, padding, out_h, out_w;
+};
+
+DepthwiseGeometry DepthwiseShape(const paddle::Tensor& x, const paddle::Tensor& weight, int stride, int padding) {
+  CheckInput(x, "x");
+  CheckInput(weight, "weight");
+  PD_CHECK(x.shape().size() == 4 && weight.shape().size() == 4, "x and weight must be 4-D");
+  PD_CHECK(x.is_contiguous() && weight.is_contiguous(), "x and weight must be contiguous");
+  PD_CHECK(weight.shape()[0] == x.shape()[1] && weight.shape()[1] == 1 && weight.shape()[2] == weight.shape()[3],
+           "weight must be [C, 1, k, k] for x of C channels");
+  PD_CHECK(stride >= 1 && padding >= 0, "stride must be >= 1 and padding >= 0");
+  DepthwiseGeometry g{x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3], weight.shape()[2], stride, padding,
+                      0, 0};
+  g.out_h = (g.height + 2 * padding - g.kernel) / stride + 1;
+  g.out_w = (g.width + 2 * padding - g.kernel) / stride + 1;
+  PD_CHECK(g.out_h >= 1 && g.out_w >= 1, "the kernel is larger than the padded input");
+  return g;
+}
+
+// For tap column j: the output columns [begin, end) whose input column ow * stride - padding + j is inside.
+inline std::pair<int64_t, int64_t> TapColumns(const DepthwiseGeometry& g, int64_t j) {
+  const int64_t begin = std::min(g.out_w, FirstInside(g.padding - j, g.stride));
+  const int64_t end = std::max(begin, std::min(g.out_w, FirstInside(g.width + g.padding - j, g.stride)));
+  return {begin, end};
+}
+
+}  // namespace
+
+std::vector<paddle::Tensor> DepthwiseForward(const paddle::Tensor& x, const paddle::Tensor& weight, int stride,
+                                             int padding, int threads) {
+  const DepthwiseGeometry g = DepthwiseShape(x, weight, stride, padding);
+  auto y = paddle::empty({g.batch, g.channels, g.out_h, g.out_w}, x.dtype(), x.place());
+  const float* xp = x.data<float>();
+  const float* wp = weight.data<float>();
+  float* yp = y.data<float>();
+  const int64_t planes = g.batch * g.channels, in_pixels = g.height * g.width, out_pixels = g.out_h * g.out_w;
+  const int64_t s = g.stride;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t plane = 0; plane < planes; ++plane) {
+    const float* in = xp + plane * in_pixels;
+    const float* w = wp + (plane % g.channels) * g.kernel * g.kernel;
+    float* out = yp + plane * out_pixels;
+    std::memset(out, 0, out_pixels * sizeof(float));
+    for (int64_t i = 0; i < g.kernel; ++i)
+      for (int64_t j = 0; j < g.kernel; ++j) {
+        const float tap = w[i * g.kernel + j];
+        const auto [begin, end] = TapColumns(g, j);
+        for (int64_t oh = 0; oh < g.out_h; ++oh) {
+          const int64_t h = oh * s - g.padding + i;
+          if (h < 0 || h >= g.height) continue;
+          const float* row = in + h * g.width - g.padding + j;
+          float* o = out + oh * g.out_w;
+          if (s == 1) {
+#pragma omp simd
+            for (int64_t ow = begin; ow < end; ++ow) o[ow] += tap * row[ow];
+          } else {
+            for (int64_t ow = begin; ow < end; ++ow) o[ow] += tap * row[ow * s];
+          }
+        }
+      }
+  }
+  return {y};
+}
+
+std::vector<paddle::Tensor> DepthwiseBackward(const paddle::Tensor& x, const paddle::Tensor& weight,
+                                              const paddle::Tensor& grad_y, int stride, int padding, int threads) {
+  const DepthwiseGeometry g = DepthwiseShape(x, weight, stride, padding);
+  const paddle::Tensor dy_tensor = grad_y.is_contiguous() ? grad_y : grad_y.contiguous();
+  auto grad_x = paddle::empty(x.shape(), x.dtype(), x.place());
+  auto grad_weight = paddle::empty(weight.shape(), weight.dtype(), weight.place());
+  const float* xp = x.data<float>();
+  const float* wp = weight.data<float>();
+  const float* dyp = dy_tensor.data<float>();
+  float* dxp = grad_x.data<float>();
+  float* dwp = grad_weight.data<float>();
+  const int64_t in_pixels = g.height * g.width, out_pixels = g.out_h * g.out_w, taps = g.kernel * g.kernel;
+  const int64_t s = g.stride;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t c = 0; c < g.channels; ++c) {
+    const float* w = wp + c * taps;
+    std::vector<double> dw(taps, 0.0);
+    for (int64_t n = 0; n < g.batch; ++n) {
+      const int64_t plane = n * g.channels + c;
+      const float* in = xp + plane * in_pixels;
+      const float* dy = dyp + plane * out_pixels;
+      float* dx = dxp + plane * in_pixels;
+      std::memset(dx, 0, in_pixels * sizeof(float));
+      for (int64_t i = 0; i < g.kernel; ++i)
+        for (int64_t j = 0; j < g.kernel; ++j) {
+          const float tap = w[i * g.kernel + j];
+          const auto [begin, end] = TapColumns(g, j);
+          float sum = 0.f;
+          for (int64_t oh = 0; oh < g.out_h; ++oh) {
+            const int64_t h = oh * s - g.padding + i;
+            if (h < 0 || h >= g.height) continue;
+            const float* row = in + h * g.width - g.padding + j;
+            float* drow = dx + h * g.width - g.padding + j;
+            const float* d = dy + oh * g.out_w;
+            if (s == 1) {
+#pragma omp simd reduction(+ : sum)
+              for (int64_t ow = begin; ow < end; ++ow) {
+                drow[ow] += tap * d[ow];
+                sum += d[ow] * row[ow];
+              }
+            } else {
+              for (int64_t ow = begin; ow < end; ++ow) {
+                drow[ow * s] += tap * d[ow];
+                sum += d[ow] * row[ow * s];
+              }
+            }
+          }
+          dw[i * g.kernel + j] += sum;
+        }
+    }
+    for (int64_t t = 0; t < taps; ++t) dwp[c * taps + t] = static_cast<float>(dw[t]);
+  }
+  return {grad_x, grad_weight};
+}
+
+std::vector<std::vector<int64_t>> DepthwiseInferShape(const std::vector<int64_t>& x,
+                                                      const std::vector<int64_t>& weight, int stride, int padding,
+                                                      int) {
+  return {{x[0], x[1], (x[2] + 2 * padding - weight[2]) / stride + 1,
+           (x[3] + 2 * padding - weight[3]) / stride + 1}};
+}
+
+PD_BUILD_OP(chexnet_depthwise_conv)
+    .Inputs({"X", "Weight"})
+    .Outputs({"Y"})
+    .Attrs({"stride: int", "padding: int", "threads: int"})
+    .SetKernelFn(PD_KERNEL(DepthwiseForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(DepthwiseInferShape));
+
+PD_BUILD_GRAD_OP(chexnet_depthwise_conv)
+    .Inputs({"X", "Weight", paddle::Grad("Y")})
+    .Outputs({paddle::Grad("X"), paddle::Grad("Weight")})
+    .Attrs({"stride: int", "padding: int", "threads: int"})
+    .SetKernelFn(PD_KERNEL(DepthwiseBackward));
