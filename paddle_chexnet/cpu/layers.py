@@ -8,17 +8,27 @@ kernels (:mod:`paddle_chexnet.cpu.kernels`, built first by
 parameters and its state-dict keys stay exactly as they were, so checkpoints
 never depend on the swap, and :func:`use_plain_layers` undoes it.
 
-What is swapped:
+What is swapped, by layer type (so on every backbone of the registry):
 
 * every ``nn.Conv2D`` 3x3, stride 1, padding 1, without bias -> :class:`Conv3x3`
   (the kernel; where it could not be built, the fold path of
-  :mod:`paddle_chexnet.cpu.fold` when a gradient is wanted);
+  :mod:`paddle_chexnet.cpu.fold` when a gradient is wanted): DenseNet's dense
+  layers, ResNet's blocks;
 * bias-free convolutions of kernel 5 or more (stems) -> :class:`ThreadedConv2D`;
+* bias-free depthwise convolutions -> :class:`ThreadedDepthwiseConv2D`
+  (EfficientNet's MBConv blocks);
 * ``nn.MaxPool2D`` -> :class:`ThreadedMaxPool2D`;
 * DenseNet's dense layers, dense blocks and transitions -> versions that fuse
   BatchNorm with the ReLU (and the transition's pooling) and concatenate with
-  the kernel; its ``features`` -> :class:`FusingSequential` (the stem's
-  ``norm0`` + ``relu0``).
+  the kernel; a ``Sequential`` holding a BatchNorm directly followed by a ReLU
+  (DenseNet's ``features``: the stem's ``norm0`` + ``relu0``) -> :class:`FusingSequential`;
+* ResNet's basic and bottleneck blocks -> versions whose BatchNorm + ReLU steps run fused.
+
+Each of these was measured to speed up the training step of the families it
+applies to on the 2-core CPU of BENCHMARKS.md ("Architectures";
+``benchmarks/bench_architectures.py --plain --layer-variants ...``); none is
+swapped where it does not apply (EfficientNet's BatchNorms are followed by SiLU,
+its 3x3 convolutions are depthwise or strided).
 
 Every swapped layer falls back to its plain ``forward`` wherever its kernel does
 not apply (a GPU tensor, a static graph, another dtype, kernels off).

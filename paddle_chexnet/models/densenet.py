@@ -210,14 +210,15 @@ TINY = {"growth_rate": 4, "block_config": (1, 2), "num_init_features": 8, "bn_si
 
 register(Architecture("densenet121", "densenet", _build(DENSENET121), DENSENET121, torchvision_name="densenet121",
                       description="DenseNet-121, CheXNet's backbone (growth 32, blocks 6-12-24-16)"))
-register(Architecture("densenet169", "densenet", _build(DENSENET169), DENSENET169, torchvision_name="densenet169",
-                      description="DenseNet-169 (growth 32, blocks 6-12-32-32)"))
-register(Architecture("densenet201", "densenet", _build(DENSENET201), DENSENET201, torchvision_name="densenet201",
-                      description="DenseNet-201 (growth 32, blocks 6-12-48-32)"))
 register(Architecture("tiny", "densenet", _build(TINY), TINY,
                       description="a DenseNet of a few thousand parameters, for tests and a first look on a laptop"))
 register(Architecture("densenet", "densenet", _build(DENSENET121), DENSENET121, listed=False,
                       description="a DenseNet of any growth rate, blocks and width (given as options)"))
+# after 'tiny', so that the first two choices stay CheXNet's network and the quick one
+register(Architecture("densenet169", "densenet", _build(DENSENET169), DENSENET169, torchvision_name="densenet169",
+                      description="DenseNet-169 (growth 32, blocks 6-12-32-32)"))
+register(Architecture("densenet201", "densenet", _build(DENSENET201), DENSENET201, torchvision_name="densenet201",
+                      description="DenseNet-201 (growth 32, blocks 6-12-48-32)"))
 
 
 def densenet121(num_classes: int = 1000, class_names: Sequence[str] | None = None, drop_rate: float = 0.0) -> DenseNet:
