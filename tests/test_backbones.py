@@ -389,7 +389,8 @@ def test_cpu_training_layers_give_the_same_step_and_keep_the_names(name):
     fast, fast_grads, swapped = step(True)
     if not kernels_apply(paddle.zeros([1, 1, 1, 1])):
         pytest.skip("the CPU kernels could not be built here")
-    expected = {"resnet18": "CpuBasicBlock", "bottleneck": "CpuBottleneck", "efficientnet_b0": "ThreadedDepthwiseConv2D"}
+    expected = {"resnet18": "CpuBasicBlock", "bottleneck": "CpuBottleneck",
+                "efficientnet_b0": "ThreadedDepthwiseConv2D"}
     assert swapped[expected[name]] > 0 and "FusingSequential" not in swapped
     np.testing.assert_allclose(fast, plain, rtol=0, atol=1e-5)
     overall = max(float(np.abs(g).max()) for g in plain_grads.values())
