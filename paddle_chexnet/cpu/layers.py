@@ -113,7 +113,7 @@ class ThreadedConv2D(nn.Conv2D):
 
 
 class ThreadedDepthwiseConv2D(nn.Conv2D):
-    """A bias-free depthwise ``nn.Conv2D`` (groups = channels, square kernel) by the multi-threaded CPU kernel.
+    """A bias-free depthwise ``nn.Conv2D`` (groups = channels, square kernel, stride 1 or 2) by the CPU kernel.
 
     EfficientNet's MBConv blocks; Paddle's own depthwise kernels run on one thread. Same parameter
     (``weight [C, 1, k, k]``), same sums in another order.
@@ -216,7 +216,7 @@ def _plain_conv(layer: nn.Layer, groups: int = 1) -> bool:
 def _is_depthwise(layer: nn.Layer) -> bool:
     kernel, stride, padding = _pair(layer._kernel_size), _pair(layer._stride), list(layer._updated_padding)
     return (layer._groups > 1 and layer._in_channels == layer._out_channels == layer._groups
-            and _plain_conv(layer, layer._groups) and kernel[0] == kernel[1] and stride[0] == stride[1]
+            and _plain_conv(layer, layer._groups) and kernel[0] == kernel[1] and stride[0] == stride[1] in (1, 2)
             and len(padding) == 2 and padding[0] == padding[1] and _pair(layer._dilation) == [1, 1])
 
 

@@ -96,8 +96,8 @@ def conv_im2col_kernel(x: paddle.Tensor, weight: paddle.Tensor, stride: int, pad
 
 
 def depthwise_conv_kernel(x: paddle.Tensor, weight: paddle.Tensor, stride: int, padding: int) -> paddle.Tensor:
-    """``F.conv2d(x, weight, stride=stride, padding=padding, groups=C)`` (``weight [C, 1, k, k]``, no bias) by the
-    multi-threaded kernel, with gradients."""
+    """``F.conv2d(x, weight, stride=stride, padding=padding, groups=C)`` (``weight [C, 1, k, k]``, no bias,
+    stride 1 or 2) by the multi-threaded kernel, with gradients."""
     return kernels.cpu_kernels().chexnet_depthwise_conv(x, weight, stride, padding, math_threads())
 
 
