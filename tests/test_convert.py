@@ -126,13 +126,16 @@ def test_detect_format_of_each_layout():
 
 
 @pytest.mark.torch
-def test_resnet_state_dict_is_refused_by_name():
+def test_unsupported_network_is_refused_by_name():
+    # ResNets are supported now (tests/test_backbones.py); a MobileNet is not
     torchvision = pytest.importorskip("torchvision")
-    state = torchvision.models.resnet18(weights=None).state_dict()
-    with pytest.raises(ValueError, match=r"state dict is not a DenseNet checkpoint: its 122 keys look like a ResNet"):
+    state = torchvision.models.mobilenet_v2(weights=None).state_dict()
+    with pytest.raises(ValueError, match=r"state dict is not a checkpoint of a supported network: its 314 keys look "
+                                         r"like a torchvision 'features' network other than DenseNet"):
         detect_format(state)
-    with pytest.raises(ValueError, match=r"^resnet18\.pth is not a DenseNet checkpoint.*ResNet"):
-        convert_state_dict(state, source="resnet18.pth")
+    with pytest.raises(ValueError, match=r"^mobilenet\.pth is not a checkpoint of a supported network.*"
+                                         r"Supported are DenseNet-121/169/201, ResNet-18/50/101 and EfficientNet"):
+        convert_state_dict(state, source="mobilenet.pth")
 
 
 def test_empty_and_non_dict_are_refused():
@@ -452,11 +455,12 @@ def test_cli_refusals_exit_non_zero(tmp_path, caplog):
     torch = pytest.importorskip("torch")
     torchvision = pytest.importorskip("torchvision")
     tool = _load_tool()
-    resnet = tmp_path / "resnet18.pth"
-    torch.save(torchvision.models.resnet18(weights=None).state_dict(), resnet)
+    resnet = tmp_path / "resnet34.pth"  # a ResNet, but not a registered one
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), resnet)
     out = tmp_path / "out.pdparams"
     assert tool.main(tool.get_args_parser().parse_args([str(resnet), "-o", str(out)])) == 2
-    assert "ResNet" in caplog.text and not out.exists()
+    assert "a ResNet (block basic, layers 3-4-6-3), which is not a registered architecture" in caplog.text
+    assert not out.exists()
     assert tool.entry([str(resnet), "--verify", "--images", str(tmp_path)]) == 1
     assert "--images and --labels go together" in caplog.text
     assert tool.entry([str(resnet), "--verify", "--head", "drop"]) == 1

@@ -329,7 +329,8 @@ def test_densenet_training_step_same_with_and_without_the_kernels(monkeypatch):
     # stem norm0 and 2 per dense layer (4 layers); the transition; 4 dense-layer 3x3 convolutions; the stem
     # concatenations: the 2nd layer of each block and each block's output
     assert calls == {"chexnet_bn_relu": 1 + 2 * 4, "chexnet_bn_relu_pool": 1, "chexnet_concat": 2 * 2,
-                     "chexnet_conv3x3": 4, "chexnet_conv_im2col": 1, "chexnet_max_pool": 1}
+                     "chexnet_conv3x3": 4, "chexnet_conv_im2col": 1, "chexnet_max_pool": 1,
+                     "chexnet_depthwise_conv": 0}  # EfficientNet's (tests/test_backbones.py)
     assert plain.keys() == fused.keys()
     overall = max(float(np.abs(g).max()) for n, g in plain.items() if n.startswith("grad"))
     for name in plain:

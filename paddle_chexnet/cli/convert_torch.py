@@ -1,9 +1,11 @@
-"""Convert a DenseNet-121 / CheXNet checkpoint to this package's ``.pdparams``, and optionally verify it.
+"""Convert a CheXNet, DenseNet, ResNet or EfficientNet checkpoint to this package's ``.pdparams``, and verify it.
 
 Reads arnoweng/CheXNet's ``model.pth.tar``, jrzech/reproduce-chexnet's ``checkpoint``
-(with --trust-pickle), torchvision DenseNet-121 state dicts (e.g. the ImageNet
-weights), and ``paddle.vision`` DenseNet-121 ``.pdparams`` (Paddle's ImageNet
-weights, jm12138/Paddle-CheXNet). The layout is detected from the keys.
+(with --trust-pickle), torchvision state dicts of DenseNet-121/169/201,
+ResNet-18/50/101 and EfficientNet-B0..B3 (e.g. the ImageNet weights), and
+``paddle.vision`` DenseNet and ResNet ``.pdparams`` (Paddle's ImageNet weights,
+jm12138/Paddle-CheXNet). The layout and the architecture are detected from the
+keys and shapes; the JSON written beside the output names the architecture.
 
 Examples:
     python tools/convert_torch.py model.pth.tar                       # -> pretrained_models/model.pdparams
@@ -11,6 +13,7 @@ Examples:
         --images ChestX-ray14/images --labels ChestX-ray14/labels/test_list.txt --limit 200
     python tools/convert_torch.py checkpoint --trust-pickle -o pretrained_models/jrzech.pdparams
     python tools/convert_torch.py densenet121-a639ec97.pth --head drop  # ImageNet backbone for training
+    python tools/convert_torch.py resnet50-11ad3fa6.pth --verify        # torchvision's ImageNet ResNet-50
 """
 from __future__ import annotations
 
@@ -42,7 +45,8 @@ DEFAULT_DIR = Path("pretrained_models")
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Convert a PyTorch (or paddle.vision) DenseNet-121 checkpoint to paddle-chexnet .pdparams.",
+        description="Convert a PyTorch (or paddle.vision) DenseNet, ResNet or EfficientNet checkpoint to "
+        "paddle-chexnet .pdparams.",
         formatter_class=HelpFormatter,
     )
     parser.add_argument("src", type=Path, help="checkpoint to convert (.pth, .pth.tar, .pt, .pdparams, ...)")
@@ -67,8 +71,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--verify", action="store_true",
-        help="compare the converted model with torchvision's (or paddle.vision's) densenet121 holding the same "
-        "file: random inputs, and real images with --images/--labels; exit 1 when a bound is broken",
+        help="compare the converted model with torchvision's (or paddle.vision's) network of the same "
+        "architecture holding the same file: random inputs, and real images with --images/--labels; exit 1 "
+        "when a bound is broken",
     )
     parser.add_argument("--images", type=Path, default=None, help="image folder for --verify (flat or NIH's nested)")
     parser.add_argument("--labels", type=Path, default=None, help="label list (CheXNet format) for --verify")
@@ -103,7 +108,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--limit must be at least 1, got {args.limit}")
 
 
-def run_verify(args: argparse.Namespace, fmt: str, source_state: dict, converted: dict) -> bool:
+def run_verify(args: argparse.Namespace, fmt: str, source_state: dict, converted: dict,
+               arch: str | None = None) -> bool:
     """Run --verify, print the table, return whether every bound holds."""
     from paddle_chexnet.conversion.verify import verify_conversion
 
@@ -124,7 +130,7 @@ def run_verify(args: argparse.Namespace, fmt: str, source_state: dict, converted
         paths, labels = [index[n] for n in label_list.names], label_list.labels
     result = verify_conversion(
         fmt, source_state, converted, paths, labels, num_random=args.num_random, batch_size=args.batch_size,
-        progress=lambda done, total: LOG.info("verify: %d/%d images", done, total),
+        progress=lambda done, total: LOG.info("verify: %d/%d images", done, total), arch=arch,
     )
     print(result.table())
     return result.passed
@@ -146,11 +152,12 @@ def main(args: argparse.Namespace) -> int:
     classes = list(CLASS_NAMES) if conversion.num_classes == len(CLASS_NAMES) else None
     sidecar: dict = {}
     if conversion.num_classes is not None:  # a whole network: record what it is, for load_network
-        spec = ModelSpec(arch="densenet121", num_classes=conversion.num_classes,
+        spec = ModelSpec(arch=conversion.arch, num_classes=conversion.num_classes,
                          class_names=tuple(classes or default_class_names(conversion.num_classes)),
                          task="chexnet14" if classes else None)
         sidecar.update(spec_record(spec))
     sidecar.update({
+        "arch": conversion.arch,
         "source": str(args.src.resolve()),
         "source_sha256": file_sha256(args.src),
         "format": conversion.format,
@@ -163,15 +170,15 @@ def main(args: argparse.Namespace) -> int:
     })
     atomic_write_text(output.with_suffix(".json"), json.dumps(sidecar, indent=2) + "\n")
     LOG.info(
-        "converted %s (%s layout: %s; weights at %s) -> %s: %d tensors, classifier %s, %.1f s",
-        args.src, conversion.format, FORMAT_DESCRIPTIONS[conversion.format], checkpoint.entry, output,
+        "converted %s (%s, %s layout: %s; weights at %s) -> %s: %d tensors, classifier %s, %.1f s",
+        args.src, conversion.arch, conversion.format, FORMAT_DESCRIPTIONS[conversion.format], checkpoint.entry, output,
         len(conversion.state),
         "dropped" if conversion.num_classes is None else f"{conversion.num_classes} outputs ({conversion.head})",
         time.perf_counter() - start,
     )
     if args.verify:
         try:
-            passed = run_verify(args, conversion.format, checkpoint.state, conversion.state)
+            passed = run_verify(args, conversion.format, checkpoint.state, conversion.state, conversion.arch)
         except (ValueError, ImportError, FileNotFoundError) as exc:  # VerifyError, label lists, no torchvision
             LOG.error("error: %s", exc)
             return 2

@@ -1,11 +1,14 @@
 """Checking a converted model against the framework the checkpoint came from.
 
 The reference is not our code: for a PyTorch checkpoint it is torchvision's
-``densenet121`` with the file loaded by torchvision's own ``_load_state_dict``
-(which carries torchvision's regex for the legacy ``norm.1`` names) and
-``load_state_dict(strict=True)``; for a ``paddle.vision`` checkpoint it is
-``paddle.vision.models.densenet121`` itself. The only key edit on the reference
-side is removing the ``module.``/``densenet121.`` wrapper prefixes
+constructor of the same architecture (``getattr(torchvision.models,
+architecture.torchvision_name)``: ``densenet121`` ... ``efficientnet_b3``) with
+the file loaded by torchvision's own strict loading (for DenseNets
+``_load_state_dict``, which carries torchvision's regex for the legacy
+``norm.1`` names; ``load_state_dict(strict=True)`` for the others); for a
+``paddle.vision`` checkpoint (its DenseNets, and its ResNets, whose names are
+this package's) it is ``paddle.vision.models`` itself. The only key edit on the
+reference side is removing the ``module.``/``densenet121.`` wrapper prefixes
 and ``num_batches_tracked`` (:func:`_reference_keys`), which is what re-creating the wrapper
 classes would do.
 
@@ -30,8 +33,8 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
-from paddle_chexnet.conversion.layouts import strip_wrapper_prefixes
-from paddle_chexnet.models.densenet import DenseNet, densenet121
+from paddle_chexnet.conversion.layouts import HEAD_NAMES, strip_wrapper_prefixes
+from paddle_chexnet.models.registry import build_network, get_architecture
 from paddle_chexnet.models.state_dict import mismatch_report
 
 RANDOM_BOUND = 1e-5
@@ -153,14 +156,23 @@ class _InMemoryWeights:
         return dict(self.state)
 
 
-def torchvision_reference(state: Mapping[str, np.ndarray]):
-    """torchvision's ``densenet121`` holding ``state`` (a torch-layout state dict), in eval mode, returning logits.
+def _torchvision_head(model, head: str):
+    return getattr(model, head) if "." not in head else model.get_submodule(head)
 
-    The classifier is built as the file has it: ``Linear`` for ``classifier.*``, ``Sequential(Linear)``
-    for the ``classifier.0.*`` of a ``Sequential(Linear, Sigmoid)`` head (the sigmoid is applied
-    outside, to compare probabilities).
+
+def torchvision_reference(state: Mapping[str, np.ndarray], arch: str = "densenet121"):
+    """torchvision's ``arch`` holding ``state`` (a torch-layout state dict), in eval mode, returning logits.
+
+    The classifier is built as the file has it: ``Linear`` for ``classifier.*`` / ``fc.*``,
+    ``Sequential(Linear)`` for the ``classifier.0.*`` / ``fc.0.*`` of a ``Sequential(Linear, Sigmoid)``
+    head (the sigmoid is applied outside, to compare probabilities).
+
+    Args:
+        state (Mapping[str, numpy.ndarray]): the checkpoint's weights with the file's key names.
+        arch (str, optional): the registered architecture (its ``torchvision_name`` is built). Default: 'densenet121'.
 
     Raises:
+        VerifyError: the architecture has no torchvision counterpart.
         RuntimeError: from torch's strict ``load_state_dict`` when keys or shapes do not fit.
     """
     try:
@@ -172,13 +184,19 @@ def torchvision_reference(state: Mapping[str, np.ndarray]):
 
         raise ImportError(f"--verify of a PyTorch checkpoint needs torchvision: {TORCH_INSTALL_HINT}") from exc
 
+    architecture = get_architecture(arch)
+    if architecture.torchvision_name is None:
+        raise VerifyError(f"{arch} has no torchvision counterpart to verify against")
+    head = HEAD_NAMES[architecture.family]
     weights = {k: torch.from_numpy(np.array(v)) for k, v in _reference_keys(state).items()}
-    head = "classifier.0.weight" if "classifier.0.weight" in weights else "classifier.weight"
-    num_classes = int(weights[head].shape[0])
-    model = torchvision.models.densenet121(weights=None, num_classes=num_classes)
-    if head == "classifier.0.weight":
-        model.classifier = torch.nn.Sequential(model.classifier)
-    if hasattr(tv_densenet, "_load_state_dict"):
+    sequential = f"{head}.0.weight" in weights and architecture.family != "efficientnet"
+    num_classes = int(weights[f"{head}.0.weight" if sequential else f"{head}.weight"].shape[0])
+    model = getattr(torchvision.models, architecture.torchvision_name)(weights=None, num_classes=num_classes)
+    if sequential:
+        setattr(model, head, torch.nn.Sequential(_torchvision_head(model, head)))
+    if architecture.family != "densenet":
+        model.load_state_dict(weights)  # strict
+    elif hasattr(tv_densenet, "_load_state_dict"):
         tv_densenet._load_state_dict(model, _InMemoryWeights(weights), progress=False)
     else:  # torchvision moved its private helper: fall back to its documented regex, inline
         import re
@@ -194,20 +212,32 @@ def torchvision_reference(state: Mapping[str, np.ndarray]):
     return model.eval()
 
 
-def paddle_vision_reference(state: Mapping[str, np.ndarray]) -> paddle.nn.Layer:
-    """``paddle.vision.models.densenet121`` holding ``state`` (paddle.vision layout), eval mode, logits."""
-    from paddle.vision.models import densenet121 as paddle_densenet121
+#: the classifier of paddle.vision's networks
+_PADDLE_VISION_HEADS = {"densenet": "out", "resnet": "fc"}
 
+
+def paddle_vision_reference(state: Mapping[str, np.ndarray], arch: str = "densenet121") -> paddle.nn.Layer:
+    """``paddle.vision.models.<arch>`` holding ``state`` (paddle.vision's names), eval mode, logits.
+
+    Raises:
+        VerifyError: paddle.vision has no such network, or the keys or shapes do not fit it.
+    """
+    import paddle.vision.models as paddle_models
+
+    family = get_architecture(arch).family
+    if family not in _PADDLE_VISION_HEADS or not hasattr(paddle_models, arch):
+        raise VerifyError(f"paddle.vision has no {arch} to verify against")
+    head = _PADDLE_VISION_HEADS[family]
     weights = _reference_keys(state)
-    head = "out.0.weight" if "out.0.weight" in weights else "out.weight"
-    num_classes = int(weights[head].shape[1])
-    model = paddle_densenet121(num_classes=num_classes)
-    if head == "out.0.weight":
-        model.out = paddle.nn.Sequential(model.out)
+    sequential = f"{head}.0.weight" in weights
+    num_classes = int(weights[f"{head}.0.weight" if sequential else f"{head}.weight"].shape[1])
+    model = getattr(paddle_models, arch)(num_classes=num_classes)
+    if sequential:
+        setattr(model, head, paddle.nn.Sequential(getattr(model, head)))
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     report = mismatch_report(expected, weights)
     if report:
-        raise VerifyError(f"the checkpoint does not fit paddle.vision's densenet121:\n{report}")
+        raise VerifyError(f"the checkpoint does not fit paddle.vision's {arch}:\n{report}")
     model.set_state_dict(weights)
     model.eval()  # returns None in Paddle 2.6 and 3.0 (utils/compat.py)
     return model
@@ -242,24 +272,28 @@ def _batches(n: int, size: int) -> list[slice]:
 class _Runner:
     """Probabilities from the reference and from the converted model, batch by batch."""
 
-    def __init__(self, fmt: str, source_state: Mapping[str, np.ndarray], converted: DenseNet) -> None:
+    def __init__(self, fmt: str, source_state: Mapping[str, np.ndarray], converted: paddle.nn.Layer,
+                 arch: str = "densenet121") -> None:
         self.fmt = fmt
         converted.eval()  # returns None in Paddle 2.6 and 3.0 (utils/compat.py)
         self.converted = converted
+        family = get_architecture(arch).family
         if fmt in ("arnoweng", "torchvision"):
-            self.reference = torchvision_reference(source_state)
-            self.description = "torchvision.models.densenet121 (torchvision's own key loading, strict)"
-        elif fmt == "paddle_vision":
-            self.reference = paddle_vision_reference(source_state)
-            self.description = "paddle.vision.models.densenet121 (set_state_dict after a strict key check)"
+            self.reference = torchvision_reference(source_state, arch)
+            name = get_architecture(arch).torchvision_name
+            self.description = f"torchvision.models.{name} (torchvision's own key loading, strict)"
+        elif fmt == "paddle_vision" or (fmt == "paddle_chexnet" and family == "resnet"):
+            self.reference = paddle_vision_reference(source_state, arch)
+            self.description = f"paddle.vision.models.{arch} (set_state_dict after a strict key check)"
         else:
             raise VerifyError(
                 f"the source is already in this package's layout ({fmt}); --verify compares a conversion "
                 "with the framework the checkpoint came from, and there is none to compare with"
             )
+        self.torch_reference = fmt in ("arnoweng", "torchvision")
 
     def reference_probs(self, batch: np.ndarray) -> np.ndarray:
-        if self.fmt == "paddle_vision":
+        if not self.torch_reference:
             with paddle.no_grad():
                 return F.sigmoid(self.reference(paddle.to_tensor(batch))).numpy()
         import torch
@@ -286,9 +320,9 @@ def _torchvision_eval_transform():
     ])
 
 
-def _reference_crops(fmt: str, path: Path) -> np.ndarray:
+def _reference_crops(torch_reference: bool, path: Path) -> np.ndarray:
     """``[10, 3, 224, 224]`` through the reference framework's own preprocessing."""
-    if fmt == "paddle_vision":  # paddle.vision has no TenCrop; both sides then share ours
+    if not torch_reference:  # paddle.vision has no TenCrop; both sides then share ours
         return _our_crops(path)
     from PIL import Image
 
@@ -315,6 +349,7 @@ def verify_conversion(
     batch_size: int = 4,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    arch: str | None = None,
 ) -> VerifyResult:
     """Compare a converted state dict with the source checkpoint run by its own framework.
 
@@ -329,6 +364,8 @@ def verify_conversion(
         batch_size (int, optional): images per forward pass (x10 crops for real images). Default: 4.
         seed (int, optional): seed of the random inputs. Default: 0.
         progress (Callable[[int, int], None], optional): called with (done, total) images. Default: None.
+        arch (str, optional): the registered architecture of the weights. Default: None (recognised from
+            ``converted_state``'s keys and shapes).
 
     Returns:
         VerifyResult: the figures; ``result.passed`` tells whether every bound holds.
@@ -336,12 +373,18 @@ def verify_conversion(
     Raises:
         VerifyError: no reference for this layout, no classifier, or labels that do not fit.
     """
-    if "classifier.weight" not in converted_state:
+    from paddle_chexnet.models.loading import recognise_architecture
+
+    recognised = recognise_architecture(converted_state)
+    if recognised is None or (arch is None and recognised.arch is None):
+        raise VerifyError("the converted weights are not a registered architecture; there is nothing to compare")
+    arch = arch if arch is not None else recognised.arch
+    num_classes = recognised.num_classes(converted_state)
+    if num_classes is None:
         raise VerifyError("--verify compares classifier outputs; convert with --head keep to verify")
-    num_classes = int(converted_state["classifier.weight"].shape[1])
-    net = densenet121(num_classes=num_classes, class_names=class_names)
+    net = build_network(arch, num_classes=num_classes, class_names=class_names)
     net.set_state_dict({k: np.asarray(v) for k, v in converted_state.items()})
-    runner = _Runner(fmt, source_state, net)
+    runner = _Runner(fmt, source_state, net, arch)
 
     inputs = random_images(num_random, seed)
     random_diff = 0.0
@@ -365,7 +408,7 @@ def verify_conversion(
     our_probs = np.zeros((len(image_paths), num_classes))
     for part in _batches(len(image_paths), batch_size):
         paths = image_paths[part]
-        ref_crops = np.stack([_reference_crops(fmt, p) for p in paths])
+        ref_crops = np.stack([_reference_crops(runner.torch_reference, p) for p in paths])
         our_crops = np.stack([_our_crops(p) for p in paths])
         n, crops = ref_crops.shape[:2]
         ref_probs[part] = runner.reference_probs(ref_crops.reshape(n * crops, *ref_crops.shape[2:])).reshape(
@@ -380,7 +423,7 @@ def verify_conversion(
     result.auroc_converted = compute_auroc(labels, our_probs, result.class_names, warn=False)
     result.preprocessing = (
         "both through this package's preprocessing (paddle.vision has no TenCrop)"
-        if fmt == "paddle_vision"
+        if not runner.torch_reference
         else "reference: PIL convert('RGB') + torchvision Resize/TenCrop/ToTensor/Normalize; "
         "ours: read_xray + EvalTransform"
     )

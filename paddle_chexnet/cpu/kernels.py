@@ -16,7 +16,10 @@ changed source, another Paddle installation or another processor builds anew
 and a cached build never runs where it does not fit. Processes started
 together (``paddle.distributed.launch``) build it once, under a file lock. The
 trainer calls it before training starts; nothing ever builds inside a forward
-pass (:func:`cpu_kernels` only returns what was prepared).
+pass (:func:`cpu_kernels` only returns what was prepared). The kernels:
+BatchNorm+ReLU fused (and with a transition's pooling), the 3x3 and im2col
+convolutions, max pooling, channel concatenation, and EfficientNet's depthwise
+convolution.
 
 ``PADDLE_CHEXNET_CPU_KERNELS=0`` turns the kernels off. Where the build fails
 (no compiler) or off Linux (the build uses GNU ld and OpenMP), a warning says
@@ -57,7 +60,7 @@ SWITCH_VARIABLE = "PADDLE_CHEXNET_CPU_KERNELS"
 
 
 OPERATORS = ("chexnet_bn_relu", "chexnet_bn_relu_pool", "chexnet_concat", "chexnet_conv3x3", "chexnet_conv_im2col",
-             "chexnet_max_pool")
+             "chexnet_max_pool", "chexnet_depthwise_conv")
 
 
 DIRECTORY_VARIABLE = "PADDLE_CHEXNET_KERNEL_DIR"

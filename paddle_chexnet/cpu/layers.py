@@ -8,17 +8,27 @@ kernels (:mod:`paddle_chexnet.cpu.kernels`, built first by
 parameters and its state-dict keys stay exactly as they were, so checkpoints
 never depend on the swap, and :func:`use_plain_layers` undoes it.
 
-What is swapped:
+What is swapped, by layer type (so on every backbone of the registry):
 
 * every ``nn.Conv2D`` 3x3, stride 1, padding 1, without bias -> :class:`Conv3x3`
   (the kernel; where it could not be built, the fold path of
-  :mod:`paddle_chexnet.cpu.fold` when a gradient is wanted);
+  :mod:`paddle_chexnet.cpu.fold` when a gradient is wanted): DenseNet's dense
+  layers, ResNet's blocks;
 * bias-free convolutions of kernel 5 or more (stems) -> :class:`ThreadedConv2D`;
+* bias-free depthwise convolutions -> :class:`ThreadedDepthwiseConv2D`
+  (EfficientNet's MBConv blocks);
 * ``nn.MaxPool2D`` -> :class:`ThreadedMaxPool2D`;
 * DenseNet's dense layers, dense blocks and transitions -> versions that fuse
   BatchNorm with the ReLU (and the transition's pooling) and concatenate with
-  the kernel; its ``features`` -> :class:`FusingSequential` (the stem's
-  ``norm0`` + ``relu0``).
+  the kernel; a ``Sequential`` holding a BatchNorm directly followed by a ReLU
+  (DenseNet's ``features``: the stem's ``norm0`` + ``relu0``) -> :class:`FusingSequential`;
+* ResNet's basic and bottleneck blocks -> versions whose BatchNorm + ReLU steps run fused.
+
+Each of these was measured to speed up the training step of the families it
+applies to on the 2-core CPU of BENCHMARKS.md ("Architectures";
+``benchmarks/bench_architectures.py --plain --layer-variants ...``); none is
+swapped where it does not apply (EfficientNet's BatchNorms are followed by SiLU,
+its 3x3 convolutions are depthwise or strided).
 
 Every swapped layer falls back to its plain ``forward`` wherever its kernel does
 not apply (a GPU tensor, a static graph, another dtype, kernels off).
@@ -27,6 +37,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Collection
 
 import paddle
 import paddle.nn as nn
@@ -39,10 +50,12 @@ from paddle_chexnet.cpu.ops import (
     concat_channels,
     conv3x3_kernel,
     conv_im2col_kernel,
+    depthwise_conv_kernel,
     kernels_apply,
     max_pool_kernel,
 )
 from paddle_chexnet.models.densenet import _DenseBlock, _DenseLayer, _Transition
+from paddle_chexnet.models.resnet import BasicBlock, Bottleneck
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +112,24 @@ class ThreadedConv2D(nn.Conv2D):
         return super().forward(x)
 
 
+class ThreadedDepthwiseConv2D(nn.Conv2D):
+    """A bias-free depthwise ``nn.Conv2D`` (groups = channels, square kernel, stride 1 or 2) by the CPU kernel.
+
+    EfficientNet's MBConv blocks; Paddle's own depthwise kernels run on one thread. Same parameter
+    (``weight [C, 1, k, k]``), same sums in another order.
+    """
+
+    def __init__(self, channels: int, kernel_size: int, stride: int = 1, padding: int = 0, weight_attr=None) -> None:
+        super().__init__(channels, channels, kernel_size, stride=stride, padding=padding, groups=channels,
+                         weight_attr=weight_attr, bias_attr=False)
+
+    def forward(self, x: paddle.Tensor) -> paddle.Tensor:
+        if self._data_format == "NCHW" and kernels_apply(x, self.weight):
+            return depthwise_conv_kernel(x, self.weight, _square(self._stride, "stride"),
+                                         _square(self._updated_padding, "padding"))
+        return super().forward(x)
+
+
 class ThreadedMaxPool2D(nn.MaxPool2D):
     """``nn.MaxPool2D`` by the multi-threaded kernel on the CPU (Paddle's first-maximum gradient)."""
 
@@ -136,6 +167,20 @@ class CpuTransition(_Transition):
         return batch_norm_relu_pool(x, self.norm, self.pool)
 
 
+class CpuBasicBlock(BasicBlock):
+    """A ResNet basic block whose BatchNorm + ReLU (after ``conv1``) runs fused."""
+
+    def norm_relu(self, x: paddle.Tensor, norm: nn.BatchNorm2D) -> paddle.Tensor:
+        return batch_norm_relu(x, norm)
+
+
+class CpuBottleneck(Bottleneck):
+    """A ResNet bottleneck block whose two BatchNorm + ReLU steps run fused."""
+
+    def norm_relu(self, x: paddle.Tensor, norm: nn.BatchNorm2D) -> paddle.Tensor:
+        return batch_norm_relu(x, norm)
+
+
 class FusingSequential(nn.Sequential):
     """``nn.Sequential`` that runs a ``BatchNorm2D`` directly followed by a ``ReLU`` as one fused kernel."""
 
@@ -152,14 +197,27 @@ class FusingSequential(nn.Sequential):
         return x
 
 
+def _fuses(layer: nn.Sequential) -> bool:
+    """True for a Sequential with a ``BatchNorm2D`` directly followed by a ``ReLU`` (DenseNet's ``features``)."""
+    layers = list(layer._sub_layers.values())
+    return any(type(a) is nn.BatchNorm2D and type(b) is nn.ReLU for a, b in zip(layers, layers[1:]))
+
+
 def _is_conv3x3(layer: nn.Layer) -> bool:
     return (_pair(layer._kernel_size) == [3, 3] and _pair(layer._stride) == [1, 1]
             and list(layer._updated_padding) == [1, 1] and _pair(layer._dilation) == [1, 1])
 
 
-def _plain_conv(layer: nn.Layer) -> bool:
-    return (layer.bias is None and layer._groups == 1 and layer._data_format == "NCHW"
+def _plain_conv(layer: nn.Layer, groups: int = 1) -> bool:
+    return (layer.bias is None and layer._groups == groups and layer._data_format == "NCHW"
             and layer._padding_mode == "zeros" and layer._padding_algorithm == "EXPLICIT")
+
+
+def _is_depthwise(layer: nn.Layer) -> bool:
+    kernel, stride, padding = _pair(layer._kernel_size), _pair(layer._stride), list(layer._updated_padding)
+    return (layer._groups > 1 and layer._in_channels == layer._out_channels == layer._groups
+            and _plain_conv(layer, layer._groups) and kernel[0] == kernel[1] and stride[0] == stride[1] in (1, 2)
+            and len(padding) == 2 and padding[0] == padding[1] and _pair(layer._dilation) == [1, 1])
 
 
 def _is_stem_conv(layer: nn.Layer) -> bool:
@@ -185,22 +243,32 @@ def _cpu_class(layer: nn.Layer) -> type | None:
             return Conv3x3
         if _is_stem_conv(layer):
             return ThreadedConv2D
+    if kind is nn.Conv2D and _is_depthwise(layer):
+        return ThreadedDepthwiseConv2D
     if kind is nn.MaxPool2D and _is_square_max_pool(layer):
         return ThreadedMaxPool2D
+    if kind is nn.Sequential:
+        return FusingSequential if _fuses(layer) else None
     return {_DenseLayer: CpuDenseLayer, _DenseBlock: CpuDenseBlock, _Transition: CpuTransition,
-            nn.Sequential: FusingSequential}.get(kind)
+            BasicBlock: CpuBasicBlock, Bottleneck: CpuBottleneck}.get(kind)
 
 
 _PLAIN_CLASS = {Conv3x3: nn.Conv2D, ThreadedConv2D: nn.Conv2D, ThreadedMaxPool2D: nn.MaxPool2D,
-                CpuDenseLayer: _DenseLayer, CpuDenseBlock: _DenseBlock, CpuTransition: _Transition,
-                FusingSequential: nn.Sequential}
+                ThreadedDepthwiseConv2D: nn.Conv2D, CpuDenseLayer: _DenseLayer, CpuDenseBlock: _DenseBlock,
+                CpuTransition: _Transition, FusingSequential: nn.Sequential, CpuBasicBlock: BasicBlock,
+                CpuBottleneck: Bottleneck}
 
 
-def use_cpu_training_layers(net: nn.Layer) -> Counter:
+def use_cpu_training_layers(net: nn.Layer, exclude: Collection[str] = ()) -> Counter:
     """Swap the faster CPU-training layers into ``net``, in place; build the kernels first (one log line).
 
     Where the kernels cannot be built (no compiler) only the 3x3 convolutions are
     swapped: their fold path needs no kernels.
+
+    Args:
+        net (nn.Layer): the network (any of :mod:`paddle_chexnet.models`).
+        exclude (Collection[str], optional): names of CPU classes not to swap in (``'Conv3x3'`` ...), for
+            measuring what each one brings (``benchmarks/bench_architectures.py --layer-variants``). Default: ().
 
     Returns:
         Counter: how many layers of each CPU class were swapped in.
@@ -209,7 +277,7 @@ def use_cpu_training_layers(net: nn.Layer) -> Counter:
     swapped: Counter = Counter()
     for layer in [net, *net.sublayers()]:
         cpu_class = _cpu_class(layer)
-        if cpu_class is None or (not have_kernels and cpu_class is not Conv3x3):
+        if cpu_class is None or cpu_class.__name__ in exclude or (not have_kernels and cpu_class is not Conv3x3):
             continue
         layer.__class__ = cpu_class
         swapped[cpu_class.__name__] += 1

@@ -95,6 +95,12 @@ def conv_im2col_kernel(x: paddle.Tensor, weight: paddle.Tensor, stride: int, pad
     return kernels.cpu_kernels().chexnet_conv_im2col(x, weight, stride, padding, not x.stop_gradient, math_threads())
 
 
+def depthwise_conv_kernel(x: paddle.Tensor, weight: paddle.Tensor, stride: int, padding: int) -> paddle.Tensor:
+    """``F.conv2d(x, weight, stride=stride, padding=padding, groups=C)`` (``weight [C, 1, k, k]``, no bias,
+    stride 1 or 2) by the multi-threaded kernel, with gradients."""
+    return kernels.cpu_kernels().chexnet_depthwise_conv(x, weight, stride, padding, math_threads())
+
+
 def max_pool_kernel(x: paddle.Tensor, kernel: int, stride: int, padding: int) -> paddle.Tensor:
     """``F.max_pool2d(x, kernel, stride, padding)`` (NCHW, no ceil mode) by the multi-threaded kernel."""
     y, _indices = kernels.cpu_kernels().chexnet_max_pool(x, kernel, stride, padding, math_threads())

@@ -1,20 +1,24 @@
-"""Where the network looks: CAM, Grad-CAM and Grad-CAM++ for any finding, in batches.
+"""Where the network looks: CAM, Grad-CAM, Grad-CAM++ and PCAM maps for any finding, in batches, on every backbone.
 
-All three weigh the channels of a feature map ``A`` (``[B, C, h, w]``) and sum them:
+The first three weigh the channels of a feature map ``A`` (``[B, C, h, w]``) and sum them:
 
 * **CAM** (Zhou et al., CVPR 2016), CheXNet's own method: ``A`` is the last
-  map after the final BatchNorm and ReLU (:meth:`DenseNet.forward_features`),
-  the weights are the classifier's: ``M_k = sum_c W[c, k] A_c``. The logit is
-  ``mean(M_k) + b_k``, so the map is the logit spread over the image; the bias
-  ``b_k`` is the same everywhere and is left out by default
-  (``include_bias=True`` adds it to every cell, so the map's mean IS the logit).
-  CAM is signed: negative cells argue against the finding.
+  map after the backbone's final activation (``net.forward_features``: DenseNet's
+  ``norm5`` + ReLU, ResNet's ``layer4``, EfficientNet's ``features.8``), the
+  weights are the classifier's (``net.head_linear()``): ``M_k = sum_c W[c, k] A_c``.
+  With average pooling the logit is ``mean(M_k) + b_k``, so the map is the
+  logit spread over the image; the bias ``b_k`` is the same everywhere and is
+  left out by default (``include_bias=True`` adds it to every cell, so the
+  map's mean IS the logit). CAM is signed: negative cells argue against the
+  finding. (With max, LSE or PCAM pooling the map is still the classifier's
+  evidence at each cell, but the logit is no longer its mean.)
 * **Grad-CAM** (Selvaraju et al., ICCV 2017): weights ``mean_ij dS_k/dA_cij``
   of the LOGIT ``S_k`` (the pre-sigmoid score, as the paper uses the
   pre-softmax one), map ``ReLU(sum_c w_c A_c)``. On the last map of a
-  DenseNet (global average pooling then a linear layer) the gradient is
+  network with average pooling then a linear layer the gradient is
   ``W[c, k] / (h w)`` everywhere, so Grad-CAM equals ``ReLU(CAM) / (h w)``;
-  it differs from CAM on earlier layers (``layer=``).
+  it differs from CAM on earlier layers (``layer=``: any name of
+  ``net.feature_stages()``) and with the other poolings.
 * **Grad-CAM++** (Chattopadhay et al., WACV 2018), the paper's exponential
   variant: with ``Y_k = exp(S_k)`` and a network piecewise linear in ``A``,
   the higher derivatives are powers of the first and
@@ -23,6 +27,13 @@ All three weigh the channels of a feature map ``A`` (``[B, C, h, w]``) and sum t
   The paper's weights carry an extra factor ``exp(S_k)``, positive and the
   same for every cell: we drop it (it overflows for large logits and changes
   neither the shape of the map nor any box, since box thresholds are relative).
+
+and the fourth is the network's own:
+
+* **PCAM** (Ye et al. 2020), only for networks with ``pooling='pcam'``: the
+  probability maps ``sigmoid(W_k . A_ij + b_k)`` that the pooling itself
+  weighs the cells with (:func:`~paddle_chexnet.models.heads.probability_maps`),
+  each cell's probability of the finding, in [0, 1].
 
 Everything runs on Paddle's current device (CPU or GPU); results come back as
 NumPy arrays.
@@ -36,9 +47,12 @@ import numpy as np
 import paddle
 import paddle.nn.functional as F
 
-from paddle_chexnet.models.heads import class_maps
+from paddle_chexnet.models.heads import class_maps, probability_maps
 
-METHODS: tuple[str, ...] = ("cam", "gradcam", "gradcampp")
+METHODS: tuple[str, ...] = ("cam", "gradcam", "gradcampp", "pcam")
+
+#: how figures and logs name each method
+METHOD_TITLES: dict[str, str] = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++", "pcam": "PCAM"}
 
 
 class Heatmaps(NamedTuple):
@@ -72,10 +86,10 @@ def _class_ids(net, class_ids: Sequence[int] | None) -> np.ndarray:
 
 
 def _check_net(net) -> None:
-    if not all(hasattr(net, name) for name in ("feature_stages", "classifier", "forward_features",
+    if not all(hasattr(net, name) for name in ("feature_stages", "head_linear", "forward_features",
                                                  "logits_from_features")):
         raise TypeError(
-            f"heatmaps need a network of paddle_chexnet.models (feature_stages, classifier, forward_features), "
+            f"heatmaps need a network of paddle_chexnet.models (feature_stages, head_linear, forward_features), "
             f"got {type(net).__name__}"
         )
 
@@ -144,7 +158,7 @@ def class_activation_maps(
     class_ids: Sequence[int] | None = None,
     include_bias: bool = False,
 ) -> Heatmaps:
-    """CAM: the classifier's weights over the last feature map (after norm5 + ReLU).
+    """CAM: the classifier's weights over the last feature map (after the backbone's final activation).
 
     Args:
         net (ChestXrayNet): the network (switched to eval mode for the call).
@@ -154,7 +168,8 @@ def class_activation_maps(
             that each map's mean equals the logit. Default: False.
 
     Returns:
-        Heatmaps: ``maps [B, K, h, w]`` (h, w = H/32, W/32 for DenseNet-121), probabilities, class ids.
+        Heatmaps: ``maps [B, K, h, w]`` (h, w = H/32, W/32 for every registered backbone but ``tiny``),
+        probabilities, class ids.
 
     Examples:
         >>> from paddle_chexnet import DenseNet
@@ -168,7 +183,36 @@ def class_activation_maps(
     with _EvalMode(net), paddle.no_grad():
         features = net.forward_features(_as_tensor(images))
         logits = net.logits_from_features(features)
-        maps = class_maps(features, net.classifier, paddle.to_tensor(ids), include_bias)
+        maps = class_maps(features, net.head_linear(), paddle.to_tensor(ids), include_bias)
+        return Heatmaps(maps.numpy().astype(np.float32), F.sigmoid(logits).numpy(), ids)
+
+
+def pcam_probability_maps(
+    net,
+    images: paddle.Tensor | np.ndarray,
+    class_ids: Sequence[int] | None = None,
+) -> Heatmaps:
+    """PCAM: the per-class probability maps of a network that pools with ``'pcam'`` (values in [0, 1]).
+
+    Args:
+        net (ChestXrayNet): a network built with ``pooling='pcam'`` (switched to eval mode for the call).
+        images (paddle.Tensor | numpy.ndarray): ``[B, 3, H, W]`` normalised inputs.
+        class_ids (Sequence[int], optional): classes to map. Default: None (all).
+
+    Raises:
+        ValueError: the network pools otherwise (its logits are not computed from these maps).
+    """
+    _check_net(net)
+    if getattr(net, "pooling", None) != "pcam":
+        raise ValueError(
+            f"PCAM heatmaps are the probability maps of a network trained with --pooling pcam; this one pools "
+            f"with {getattr(net, 'pooling', None)!r}. Use cam, gradcam or gradcampp"
+        )
+    ids = _class_ids(net, class_ids)
+    with _EvalMode(net), paddle.no_grad():
+        features = net.forward_features(_as_tensor(images))
+        logits = net.logits_from_features(features)
+        maps = probability_maps(features, net.head_linear(), paddle.to_tensor(ids))
         return Heatmaps(maps.numpy().astype(np.float32), F.sigmoid(logits).numpy(), ids)
 
 
@@ -206,7 +250,7 @@ def grad_cam(
         images (paddle.Tensor | numpy.ndarray): ``[B, 3, H, W]`` normalised inputs.
         class_ids (Sequence[int], optional): classes to map. Default: None (all).
         layer (str, optional): a feature stage to explain (``net.feature_stages()``, e.g.
-            ``'denseblock4'``); None is the last map after norm5 + ReLU. Default: None.
+            ``'denseblock4'``, ``'layer3'``, ``'7'``); None is the last map after the final activation. Default: None.
 
     Returns:
         Heatmaps: non-negative ``maps [B, K, h, w]``, probabilities, class ids.
@@ -231,15 +275,20 @@ def compute_heatmaps(
     class_ids: Sequence[int] | None = None,
     layer: str | None = None,
 ) -> Heatmaps:
-    """Dispatch to :func:`class_activation_maps`, :func:`grad_cam` or :func:`grad_cam_plus_plus`.
+    """Dispatch to :func:`class_activation_maps`, :func:`grad_cam`, :func:`grad_cam_plus_plus` or
+    :func:`pcam_probability_maps`.
 
     Args:
-        method (str, optional): ``'cam'``, ``'gradcam'`` or ``'gradcampp'``. Default: 'cam'.
+        method (str, optional): one of :data:`METHODS`: ``'cam'``, ``'gradcam'``, ``'gradcampp'`` or ``'pcam'``
+            (networks with ``pooling='pcam'`` only). Default: 'cam'.
         layer (str, optional): only for the gradient methods. Default: None.
     """
-    if method == "cam":
+    if method in ("cam", "pcam"):
         if layer is not None:
-            raise ValueError("CAM uses the last feature map by definition; layer= is for gradcam and gradcampp")
+            raise ValueError(f"{method.upper()} uses the last feature map by definition; layer= is for gradcam "
+                             "and gradcampp")
+        if method == "pcam":
+            return pcam_probability_maps(net, images, class_ids)
         return class_activation_maps(net, images, class_ids)
     if method == "gradcam":
         return grad_cam(net, images, class_ids, layer)

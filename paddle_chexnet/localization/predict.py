@@ -49,7 +49,7 @@ from paddle_chexnet.localization.boxes import (
     boxes_from_heatmap,
     upsample_heatmap,
 )
-from paddle_chexnet.localization.cam import compute_heatmaps
+from paddle_chexnet.localization.cam import METHOD_TITLES, compute_heatmaps
 from paddle_chexnet.models.base import ChestXrayNet
 from paddle_chexnet.utils.io import atomic_write_text
 
@@ -298,7 +298,8 @@ class PredictOptions:
     """Settings of :func:`predict` (the flags of ``tools/predict.py``).
 
     Args:
-        method (str): ``'cam'``, ``'gradcam'`` or ``'gradcampp'``.
+        method (str): one of :data:`~paddle_chexnet.localization.cam.METHODS` (``'pcam'`` for networks
+            with ``pooling='pcam'``).
         thresholds (numpy.ndarray): per-finding probability thresholds; findings at
             or above theirs get an overlay and boxes.
         box_threshold (float): heatmap threshold relative to its maximum.
@@ -344,9 +345,6 @@ class PredictResult:
     files: dict[str, Path]
     overlays: list[Path]
     skipped: list[Path] = field(default_factory=list)
-
-
-METHOD_TITLES = {"cam": "CAM", "gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++"}
 
 
 #: Overlays of images whose shorter side is below this are drawn enlarged by an integer factor.

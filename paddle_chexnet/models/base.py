@@ -8,12 +8,15 @@ and the exports rely on:
   :meth:`predict_proba` and :class:`WithSigmoid`, never inside the network, so
   training uses the numerically stable BCE on logits);
 * ``forward_features(x)``: the last feature map ``[B, C, h, w]`` after the
-  backbone's final activation: what CAM weighs with ``classifier``;
+  backbone's final activation: what CAM weighs with the classifier;
 * ``feature_stages()``: the backbone as named stages, run in order, whose
   result passed through :meth:`final_activation` is ``forward_features``; Grad-CAM
   explains the output of any of them;
-* ``classifier``: an ``nn.Linear`` at the top level, and ``pooling``, the name of
-  the parameter-free global pooling of :mod:`paddle_chexnet.models.heads`;
+* ``head_linear()``: the ``nn.Linear`` classifier, wherever the family's
+  torchvision names put it (:attr:`ChestXrayNet.head_name`: DenseNet's
+  ``classifier``, ResNet's ``fc``, EfficientNet's ``classifier.1``), and
+  ``pooling``, the name of the parameter-free global pooling of
+  :mod:`paddle_chexnet.models.heads`;
 * ``spec``: the :class:`~paddle_chexnet.models.spec.ModelSpec` that rebuilds it
   (set by :func:`~paddle_chexnet.models.registry.build_network`).
 """
@@ -36,7 +39,10 @@ def default_class_names(num_classes: int) -> tuple[str, ...]:
 
 
 class ChestXrayNet(nn.Layer):
-    """Base class: output names, pooling and the shared forward; subclasses build ``classifier`` and the backbone.
+    """Base class: output names, pooling and the shared forward; subclasses build the classifier and the backbone.
+
+    A subclass names its ``nn.Linear`` classifier in :attr:`head_name` (a dotted path of sublayers,
+    torchvision's name for it) and may apply a dropout before it (:meth:`head_dropout`).
 
     Args:
         num_classes (int): outputs.
@@ -48,6 +54,8 @@ class ChestXrayNet(nn.Layer):
     """
 
     spec = None  # a ModelSpec, set by the registry
+    #: where the ``nn.Linear`` classifier sits, as a dotted path of sublayers (its state-dict prefix)
+    head_name = "classifier"
 
     def __init__(self, num_classes: int, class_names: Sequence[str] | None = None, pooling: str = "avg") -> None:
         super().__init__()
@@ -65,6 +73,21 @@ class ChestXrayNet(nn.Layer):
         """The output names, as torchxrayvision calls them."""
         return self.class_names
 
+    def head_linear(self) -> nn.Linear:
+        """The ``nn.Linear(C, num_classes)`` classifier (at :attr:`head_name`)."""
+        layer = self
+        for part in self.head_name.split("."):
+            layer = getattr(layer, part)
+        return layer
+
+    def head_keys(self) -> tuple[str, str]:
+        """The classifier's state-dict keys: ``(<head_name>.weight, <head_name>.bias)``."""
+        return f"{self.head_name}.weight", f"{self.head_name}.bias"
+
+    def head_dropout(self) -> nn.Layer | None:
+        """A dropout applied to the pooled features before the classifier (training only); none by default."""
+        return None
+
     def feature_stages(self) -> list[tuple[str, nn.Layer]]:
         """The backbone's named stages, in order (see the module docstring)."""
         raise NotImplementedError
@@ -81,7 +104,7 @@ class ChestXrayNet(nn.Layer):
 
     def logits_from_features(self, features: paddle.Tensor) -> paddle.Tensor:
         """Pooling and classifier: logits ``[B, K]`` from :meth:`forward_features`' map."""
-        return classify(features, self.classifier, self.pooling)
+        return classify(features, self.head_linear(), self.pooling, self.head_dropout())
 
     def forward(self, x: paddle.Tensor) -> paddle.Tensor:
         """Logits ``[B, num_classes]`` (apply a sigmoid for probabilities)."""

@@ -37,6 +37,9 @@ _KAIMING = paddle.ParamAttr(initializer=nn.initializer.KaimingNormal())
 
 #: torchvision's DenseNet-121 hyper-parameters (CheXNet's backbone).
 DENSENET121 = {"growth_rate": 32, "block_config": (6, 12, 24, 16), "num_init_features": 64, "bn_size": 4}
+#: torchvision's DenseNet-169 and DenseNet-201 (deeper third and fourth blocks).
+DENSENET169 = {"growth_rate": 32, "block_config": (6, 12, 32, 32), "num_init_features": 64, "bn_size": 4}
+DENSENET201 = {"growth_rate": 32, "block_config": (6, 12, 48, 32), "num_init_features": 64, "bn_size": 4}
 
 
 def _conv(in_channels: int, out_channels: int, kernel: int, stride: int = 1, padding: int = 0) -> nn.Conv2D:
@@ -211,6 +214,11 @@ register(Architecture("tiny", "densenet", _build(TINY), TINY,
                       description="a DenseNet of a few thousand parameters, for tests and a first look on a laptop"))
 register(Architecture("densenet", "densenet", _build(DENSENET121), DENSENET121, listed=False,
                       description="a DenseNet of any growth rate, blocks and width (given as options)"))
+# after 'tiny', so that the first two choices stay CheXNet's network and the quick one
+register(Architecture("densenet169", "densenet", _build(DENSENET169), DENSENET169, torchvision_name="densenet169",
+                      description="DenseNet-169 (growth 32, blocks 6-12-32-32)"))
+register(Architecture("densenet201", "densenet", _build(DENSENET201), DENSENET201, torchvision_name="densenet201",
+                      description="DenseNet-201 (growth 32, blocks 6-12-48-32)"))
 
 
 def densenet121(num_classes: int = 1000, class_names: Sequence[str] | None = None, drop_rate: float = 0.0) -> DenseNet:

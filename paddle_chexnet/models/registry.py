@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: modules that register architectures when imported
-FAMILY_MODULES: tuple[str, ...] = ("paddle_chexnet.models.densenet",)
+FAMILY_MODULES: tuple[str, ...] = ("paddle_chexnet.models.densenet", "paddle_chexnet.models.resnet",
+                                   "paddle_chexnet.models.efficientnet")
 
 
 @dataclass(frozen=True)

@@ -912,3 +912,301 @@ PD_BUILD_GRAD_OP(chexnet_concat)
     .Outputs({paddle::Grad(paddle::Vec("X"))})
     .Attrs({"threads: int"})
     .SetKernelFn(PD_KERNEL(ConcatBackward));
+
+// 6. Depthwise convolution (groups == channels, one k x k filter per channel, no bias; EfficientNet's
+//    MBConv blocks), parallel over image planes forward and over channels backward. Paddle's CPU
+//    depthwise kernels run on one thread. Every tap is a contiguous multiply-add, so that it
+//    vectorises:
+//    - stride 1: the plane is copied into a zero-padded buffer of row pitch Wp = W + 2p; output
+//      (oh, ow) then sits at oh * Wp + ow of a flat range that each tap (i, j) reads shifted by
+//      i * Wp + j, one loop over the whole plane per tap (the Wp - OW extra columns are computed
+//      and dropped, or zero in the backward pass), which keeps the loops long on 7x7 maps too;
+//    - stride 2: output rows are made one at a time from the k input rows under them, the input
+//      plane (and, backward, its gradient) split first into its even and odd columns, which makes
+//      the strided reads contiguous.
+//    A channel's weight gradient is summed by the one thread that owns the channel, so no
+//    reduction across threads is needed.
+
+namespace {
+
+struct DepthwiseGeometry {
+  int64_t batch, channels, height, width, kernel, stride, padding, out_h, out_w;
+};
+
+DepthwiseGeometry DepthwiseShape(const paddle::Tensor& x, const paddle::Tensor& weight, int stride, int padding) {
+  CheckInput(x, "x");
+  CheckInput(weight, "weight");
+  PD_CHECK(x.shape().size() == 4 && weight.shape().size() == 4, "x and weight must be 4-D");
+  PD_CHECK(x.is_contiguous() && weight.is_contiguous(), "x and weight must be contiguous");
+  PD_CHECK(weight.shape()[0] == x.shape()[1] && weight.shape()[1] == 1 && weight.shape()[2] == weight.shape()[3],
+           "weight must be [C, 1, k, k] for x of C channels");
+  PD_CHECK(stride == 1 || stride == 2, "the depthwise kernel takes stride 1 or 2");
+  PD_CHECK(padding >= 0, "padding must be >= 0");
+  DepthwiseGeometry g{x.shape()[0], x.shape()[1], x.shape()[2], x.shape()[3], weight.shape()[2], stride, padding,
+                      0, 0};
+  g.out_h = (g.height + 2 * padding - g.kernel) / stride + 1;
+  g.out_w = (g.width + 2 * padding - g.kernel) / stride + 1;
+  PD_CHECK(g.out_h >= 1 && g.out_w >= 1, "the kernel is larger than the padded input");
+  return g;
+}
+
+// Where tap column j reads: input column ow * stride - padding + j is element ow + offset of row
+// `phase` (stride 1: the row itself, phase 0; stride 2: its even or odd columns), valid for ow in
+// [begin, end).
+struct TapColumn {
+  int64_t phase, offset, begin, end;
+};
+
+std::vector<TapColumn> TapColumns(const DepthwiseGeometry& g) {
+  std::vector<TapColumn> taps;
+  for (int64_t j = 0; j < g.kernel; ++j) {
+    const int64_t shift = j - g.padding;  // input column = ow * stride + shift
+    TapColumn t{};
+    if (g.stride == 1) {
+      t = {0, shift, 0, g.width};
+    } else {
+      t.phase = ((shift % 2) + 2) % 2;
+      t.offset = (shift - t.phase) / 2;
+      t.begin = 0;
+      t.end = t.phase == 0 ? (g.width + 1) / 2 : g.width / 2;  // length of the phase row
+    }
+    // valid ow: 0 <= ow + offset < length
+    const int64_t length = t.end;
+    t.begin = std::max<int64_t>(0, -t.offset);
+    t.end = std::max(t.begin, std::min(g.out_w, length - t.offset));
+    taps.push_back(t);
+  }
+  return taps;
+}
+
+// The rows a plane is read from: the plane itself (stride 1), or its even and odd columns (stride 2).
+class PhaseRows {
+ public:
+  explicit PhaseRows(const DepthwiseGeometry& g)
+      : g_(g), even_((g.width + 1) / 2), odd_(g.width / 2), buffer_(g.stride == 2 ? g.height * g.width : 0) {}
+
+  // Split `plane` (stride 2); keep a pointer to it (stride 1).
+  void Load(const float* plane) {
+    plane_ = plane;
+    if (g_.stride == 1) return;
+    for (int64_t h = 0; h < g_.height; ++h) {
+      const float* row = plane + h * g_.width;
+      float* e = buffer_.data() + h * g_.width;
+      float* o = e + even_;
+      for (int64_t w = 0; w < odd_; ++w) {
+        e[w] = row[2 * w];
+        o[w] = row[2 * w + 1];
+      }
+      if (even_ > odd_) e[even_ - 1] = row[g_.width - 1];
+    }
+  }
+
+  const float* Row(int64_t h, int64_t phase) const {
+    if (g_.stride == 1) return plane_ + h * g_.width;
+    return buffer_.data() + h * g_.width + (phase ? even_ : 0);
+  }
+
+  float* MutableRow(int64_t h, int64_t phase) { return buffer_.data() + h * g_.width + (phase ? even_ : 0); }
+
+  // Stride 2: write the split rows back, interleaved, into `plane`.
+  void Store(float* plane) const {
+    for (int64_t h = 0; h < g_.height; ++h) {
+      float* row = plane + h * g_.width;
+      const float* e = buffer_.data() + h * g_.width;
+      const float* o = e + even_;
+      for (int64_t w = 0; w < odd_; ++w) {
+        row[2 * w] = e[w];
+        row[2 * w + 1] = o[w];
+      }
+      if (even_ > odd_) row[g_.width - 1] = e[even_ - 1];
+    }
+  }
+
+  void Zero() { std::fill(buffer_.begin(), buffer_.end(), 0.f); }
+
+ private:
+  const DepthwiseGeometry& g_;
+  const int64_t even_, odd_;
+  std::vector<float> buffer_;
+  const float* plane_ = nullptr;
+};
+
+// Stride 1: the plane zero-padded by `padding` on every side, row pitch width + 2 * padding.
+struct PaddedPlane {
+  explicit PaddedPlane(const DepthwiseGeometry& g)
+      : pitch(g.width + 2 * g.padding), rows(g.height + 2 * g.padding), span((g.out_h - 1) * pitch + g.out_w),
+        data(g.stride == 1 ? rows * pitch : 0, 0.f) {}
+
+  // Copy `plane` in (the border stays zero).
+  void Load(const float* plane, const DepthwiseGeometry& g) {
+    for (int64_t h = 0; h < g.height; ++h)
+      std::memcpy(data.data() + (h + g.padding) * pitch + g.padding, plane + h * g.width, g.width * sizeof(float));
+  }
+
+  const int64_t pitch, rows, span;  // span: the flat range of the outputs, (out_h - 1) * pitch + out_w
+  std::vector<float> data;
+};
+
+void DepthwisePlaneStride1(const float* in, const float* w, float* out, const DepthwiseGeometry& g,
+                           PaddedPlane& padded, std::vector<float>& flat) {
+  padded.Load(in, g);
+  std::fill(flat.begin(), flat.begin() + padded.span, 0.f);
+  for (int64_t i = 0; i < g.kernel; ++i)
+    for (int64_t j = 0; j < g.kernel; ++j) {
+      const float tap = w[i * g.kernel + j];
+      const float* src = padded.data.data() + i * padded.pitch + j;
+      float* acc = flat.data();
+#pragma omp simd
+      for (int64_t q = 0; q < padded.span; ++q) acc[q] += tap * src[q];
+    }
+  for (int64_t oh = 0; oh < g.out_h; ++oh)
+    std::memcpy(out + oh * g.out_w, flat.data() + oh * padded.pitch, g.out_w * sizeof(float));
+}
+
+}  // namespace
+
+std::vector<paddle::Tensor> DepthwiseForward(const paddle::Tensor& x, const paddle::Tensor& weight, int stride,
+                                             int padding, int threads) {
+  const DepthwiseGeometry g = DepthwiseShape(x, weight, stride, padding);
+  auto y = paddle::empty({g.batch, g.channels, g.out_h, g.out_w}, x.dtype(), x.place());
+  const float* xp = x.data<float>();
+  const float* wp = weight.data<float>();
+  float* yp = y.data<float>();
+  const int64_t planes = g.batch * g.channels, in_pixels = g.height * g.width, out_pixels = g.out_h * g.out_w;
+  const std::vector<TapColumn> taps = TapColumns(g);
+#pragma omp parallel num_threads(threads)
+  {
+    PhaseRows rows(g);
+    PaddedPlane padded(g);
+    std::vector<float> flat(g.stride == 1 ? padded.span : 0);
+#pragma omp for schedule(static)
+    for (int64_t plane = 0; plane < planes; ++plane) {
+      const float* w = wp + (plane % g.channels) * g.kernel * g.kernel;
+      float* out = yp + plane * out_pixels;
+      if (g.stride == 1) {
+        DepthwisePlaneStride1(xp + plane * in_pixels, w, out, g, padded, flat);
+        continue;
+      }
+      rows.Load(xp + plane * in_pixels);
+      for (int64_t oh = 0; oh < g.out_h; ++oh) {
+        float* o = out + oh * g.out_w;
+        std::memset(o, 0, g.out_w * sizeof(float));
+        for (int64_t i = 0; i < g.kernel; ++i) {
+          const int64_t h = oh * g.stride - g.padding + i;
+          if (h < 0 || h >= g.height) continue;
+          for (int64_t j = 0; j < g.kernel; ++j) {
+            const TapColumn& t = taps[j];
+            const float tap = w[i * g.kernel + j];
+            const float* src = rows.Row(h, t.phase) + t.offset;
+#pragma omp simd
+            for (int64_t ow = t.begin; ow < t.end; ++ow) o[ow] += tap * src[ow];
+          }
+        }
+      }
+    }
+  }
+  return {y};
+}
+
+std::vector<paddle::Tensor> DepthwiseBackward(const paddle::Tensor& x, const paddle::Tensor& weight,
+                                              const paddle::Tensor& grad_y, int stride, int padding, int threads) {
+  const DepthwiseGeometry g = DepthwiseShape(x, weight, stride, padding);
+  const paddle::Tensor dy_tensor = grad_y.is_contiguous() ? grad_y : grad_y.contiguous();
+  auto grad_x = paddle::empty(x.shape(), x.dtype(), x.place());
+  auto grad_weight = paddle::empty(weight.shape(), weight.dtype(), weight.place());
+  const float* xp = x.data<float>();
+  const float* wp = weight.data<float>();
+  const float* dyp = dy_tensor.data<float>();
+  float* dxp = grad_x.data<float>();
+  float* dwp = grad_weight.data<float>();
+  const int64_t in_pixels = g.height * g.width, out_pixels = g.out_h * g.out_w, taps_count = g.kernel * g.kernel;
+  const std::vector<TapColumn> taps = TapColumns(g);
+#pragma omp parallel num_threads(threads)
+  {
+    PhaseRows rows(g), grads(g);
+    PaddedPlane padded(g), padded_grad(g);
+    std::vector<float> flat_dy(g.stride == 1 ? padded.span : 0, 0.f);
+    std::vector<double> dw(taps_count);
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < g.channels; ++c) {
+      const float* w = wp + c * taps_count;
+      std::fill(dw.begin(), dw.end(), 0.0);
+      for (int64_t n = 0; n < g.batch; ++n) {
+        const int64_t plane = n * g.channels + c;
+        float* dx = dxp + plane * in_pixels;
+        const float* dy = dyp + plane * out_pixels;
+        if (g.stride == 1) {
+          // dy laid out with the padded pitch (the extra columns zero), dx accumulated padded
+          padded.Load(xp + plane * in_pixels, g);
+          for (int64_t oh = 0; oh < g.out_h; ++oh)
+            std::memcpy(flat_dy.data() + oh * padded.pitch, dy + oh * g.out_w, g.out_w * sizeof(float));
+          std::fill(padded_grad.data.begin(), padded_grad.data.end(), 0.f);
+          for (int64_t i = 0; i < g.kernel; ++i)
+            for (int64_t j = 0; j < g.kernel; ++j) {
+              const float tap = w[i * g.kernel + j];
+              const int64_t shift = i * padded.pitch + j;
+              const float* src = padded.data.data() + shift;
+              float* dst = padded_grad.data.data() + shift;
+              const float* d = flat_dy.data();
+              float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+              for (int64_t q = 0; q < padded.span; ++q) {
+                dst[q] += tap * d[q];
+                sum += d[q] * src[q];
+              }
+              dw[i * g.kernel + j] += sum;
+            }
+          for (int64_t h = 0; h < g.height; ++h)
+            std::memcpy(dx + h * g.width, padded_grad.data.data() + (h + g.padding) * padded.pitch + g.padding,
+                        g.width * sizeof(float));
+          continue;
+        }
+        rows.Load(xp + plane * in_pixels);
+        grads.Zero();
+        for (int64_t oh = 0; oh < g.out_h; ++oh) {
+          const float* d = dy + oh * g.out_w;
+          for (int64_t i = 0; i < g.kernel; ++i) {
+            const int64_t h = oh * g.stride - g.padding + i;
+            if (h < 0 || h >= g.height) continue;
+            for (int64_t j = 0; j < g.kernel; ++j) {
+              const TapColumn& t = taps[j];
+              const float tap = w[i * g.kernel + j];
+              const float* src = rows.Row(h, t.phase) + t.offset;
+              float* dst = grads.MutableRow(h, t.phase) + t.offset;
+              float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+              for (int64_t ow = t.begin; ow < t.end; ++ow) {
+                dst[ow] += tap * d[ow];
+                sum += d[ow] * src[ow];
+              }
+              dw[i * g.kernel + j] += sum;
+            }
+          }
+        }
+        grads.Store(dx);
+      }
+      for (int64_t t = 0; t < taps_count; ++t) dwp[c * taps_count + t] = static_cast<float>(dw[t]);
+    }
+  }
+  return {grad_x, grad_weight};
+}
+
+std::vector<std::vector<int64_t>> DepthwiseInferShape(const std::vector<int64_t>& x,
+                                                      const std::vector<int64_t>& weight, int stride, int padding,
+                                                      int) {
+  return {{x[0], x[1], (x[2] + 2 * padding - weight[2]) / stride + 1,
+           (x[3] + 2 * padding - weight[3]) / stride + 1}};
+}
+
+PD_BUILD_OP(chexnet_depthwise_conv)
+    .Inputs({"X", "Weight"})
+    .Outputs({"Y"})
+    .Attrs({"stride: int", "padding: int", "threads: int"})
+    .SetKernelFn(PD_KERNEL(DepthwiseForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(DepthwiseInferShape));
+
+PD_BUILD_GRAD_OP(chexnet_depthwise_conv)
+    .Inputs({"X", "Weight", paddle::Grad("Y")})
+    .Outputs({paddle::Grad("X"), paddle::Grad("Weight")})
+    .Attrs({"stride: int", "padding: int", "threads: int"})
+    .SetKernelFn(PD_KERNEL(DepthwiseBackward));
