@@ -15,7 +15,7 @@ Measured on the real sample images (1024x1024 NIH PNGs), in one process, in this
 * ``build``: ``build_cache`` of the sample with 1 and 2 workers (images/s), and
   the decode+resize cost per image at each size in this process; from them the
   projected size and build time of all 112,120 NIH images.
-* ``--end-to-end`` (needs the lead's wiring for training): one epoch of
+* ``--end-to-end``: one epoch of
   ``run_training(TrainConfig(arch='tiny', ...))`` with and without
   ``TrainConfig(cache=CACHE)``, and ten-crop ``evaluate`` of a tiny network on the
   PNG dataset and on ``CachedDataset``.
@@ -166,11 +166,11 @@ def bench_end_to_end(args, images_dir: Path, labels_path: Path, cache_dir: Path,
     from paddle_chexnet.data.cache import CachedDataset
     from paddle_chexnet.data.datasets import ChestXray14Dataset
     from paddle_chexnet.data.label_lists import read_label_list, write_label_list
-    from paddle_chexnet.engine.config import ARCHITECTURES, TrainConfig
+    from paddle_chexnet.engine.config import TrainConfig
     from paddle_chexnet.engine.trainer import run_training
     from paddle_chexnet.evaluation.evaluate import evaluate
     from paddle_chexnet.inference.predictors import DygraphPredictor
-    from paddle_chexnet.models.densenet import DenseNet
+    from paddle_chexnet.models.registry import build_network
 
     out: dict = {"train": [], "eval": []}
     workers = max(args.workers)
@@ -179,22 +179,17 @@ def bench_end_to_end(args, images_dir: Path, labels_path: Path, cache_dir: Path,
         labels_path = work / "train_list.txt"
         write_label_list(labels_path, labels.subset(labels.names[: args.train_images]))
     for name, extra in (("png", {}), ("cache", {"cache": str(cache_dir)})):
-        try:
-            config = TrainConfig(image_dir=str(images_dir), train_list=str(labels_path), val_list=str(labels_path),
-                                 arch="tiny", epochs=1, batch_size=args.batch_size, num_workers=workers,
-                                 resize=args.resize, crop=args.crop, early_stopping_patience=0, progress=False,
-                                 output_dir=str(work / f"out-{name}"), log_dir=str(work / f"log-{name}"), **extra)
-        except TypeError as exc:
-            print(f"train {name}: skipped ({exc}; TrainConfig needs the 'cache' key)", flush=True)
-            out["train"].append({"variant": name, "skipped": str(exc)})
-            continue
+        config = TrainConfig(image_dir=str(images_dir), train_list=str(labels_path), val_list=str(labels_path),
+                             arch="tiny", epochs=1, batch_size=args.batch_size, num_workers=workers,
+                             resize=args.resize, crop=args.crop, early_stopping_patience=0, progress=False,
+                             output_dir=str(work / f"out-{name}"), log_dir=str(work / f"log-{name}"), **extra)
         started = time.perf_counter()
         run_training(config)
         seconds = time.perf_counter() - started
         out["train"].append({"variant": name, "workers": workers, "seconds": seconds})
         print(f"train {name}: one epoch (train + validation) in {seconds:.1f} s", flush=True)
     paddle.seed(0)
-    predictor = DygraphPredictor(DenseNet(num_classes=14, **ARCHITECTURES["tiny"]))
+    predictor = DygraphPredictor(build_network("tiny", num_classes=14))
     labels = labels.subset(labels.names[: args.eval_images])
     makers = {"png": lambda: ChestXray14Dataset(images_dir, labels),
               "cache": lambda: CachedDataset(cache_dir, labels, resize=args.resize)}
@@ -244,16 +239,18 @@ def markdown(results: dict, command: str) -> str:
                      f"{hours * 60:.0f} min | {hours * 30:.0f} min | {hours * 60 / 8:.0f} min |")
     if "end_to_end" in results:
         e2e = results["end_to_end"]
-        lines += ["", "End to end:", ""]
-        for row in e2e["train"]:
-            lines.append(f"- train --arch tiny, {row['variant']}: "
-                         + (f"skipped ({row['skipped']})" if "skipped" in row else
-                            f"one epoch (train + validation) {row['seconds']:.1f} s, {row['workers']} workers"))
-        for row in e2e["eval"]:
-            lines.append(f"- evaluate ten-crop (tiny network, {row['images']} images), {row['variant']}, "
-                         f"{row['workers']} workers: "
-                         f"{row['images_per_s']:.1f} images/s (best of {len(row['runs'])} interleaved runs: "
-                         + ", ".join(f"{t:.1f}" for t in row["runs"]) + " s)")
+        lines += ["", "End to end (the real sample; a tiny network, so that loading dominates):", "",
+                  "| what | PNG | cache | PNG / cache |", "|---|---|---|---|"]
+        train = {row["variant"]: row for row in e2e["train"]}
+        lines.append(f"| `train.py --arch tiny`, one epoch (train + validation), {train['png']['workers']} workers "
+                     f"| {train['png']['seconds']:.1f} s | {train['cache']['seconds']:.1f} s "
+                     f"| {train['png']['seconds'] / train['cache']['seconds']:.2f}x |")
+        evals = {(row["variant"], row["workers"]): row for row in e2e["eval"]}
+        for workers in sorted({w for _, w in evals}):
+            png, cache = evals[("png", workers)], evals[("cache", workers)]
+            lines.append(f"| `evaluate` ten-crop, {png['images']} images, {workers} workers (best of "
+                         f"{len(png['runs'])} interleaved) | {png['seconds']:.1f} s | {cache['seconds']:.1f} s "
+                         f"| {png['seconds'] / cache['seconds']:.2f}x |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,7 +1,7 @@
 """Predict findings for X-rays, with heatmap overlays and boxes.
 
     python tools/predict.py IMAGE_OR_FOLDER --weights W.pdparams --output-dir OUT \
-        [--cam cam|gradcam|gradcampp] [--threshold 0.5 | --threshold thresholds.json]
+        [--cam cam|gradcam|gradcampp|pcam] [--threshold 0.5 | --threshold thresholds.json]
 
 Reads PNG, JPEG and DICOM (``.dcm``, or any file with DICOM's ``DICM`` magic).
 Writes ``OUT/predictions.csv``, ``OUT/predictions.txt``, ``OUT/boxes.csv``,
@@ -40,7 +40,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", "--output_dir", dest="output_dir", type=Path, required=True,
                         help="folder for predictions.csv/.txt, boxes.csv, bounding_box.txt and heatmaps/")
     parser.add_argument("--cam", "--method", dest="method", choices=METHODS, default="cam",
-                        help="heatmap method: CAM, Grad-CAM or Grad-CAM++")
+                        help="heatmap method: CAM, Grad-CAM, Grad-CAM++, or PCAM (the probability maps of a "
+                             "network trained with --pooling pcam)")
     parser.add_argument("--threshold", "--thresholds", dest="threshold", default=None,
                         help="probability threshold for positive calls, overlays and boxes: a number, or a .json "
                              "({finding: value, 'default': value}; eval.py's thresholds.json) or .csv "
