@@ -1,14 +1,17 @@
 """Every architecture of the registry on the CPU: size, cost, inference and training speed against torch eager.
 
-For each architecture (one after another) three worker processes are started:
+For each architecture (one after another) these worker processes are started:
 
     torch        torchvision's network of the same name (14 outputs): a training step (BCEWithLogitsLoss, Adam)
                  and an eval-mode forward under ``torch.no_grad``, torch eager, the reference
     paddle       train.py's training step (``paddle.Model(net).prepare(Adam, BCE).train_batch`` with the
                  package's CPU settings, optimizer, loss, and the CPU training layers that
-                 ``use_cpu_training_layers`` swaps in for this architecture); inference by the plain network
-                 in the dynamic graph (eval mode) and by its ``paddle.jit.save`` export run with Paddle
-                 Inference and oneDNN (eval.py's CPU path, :class:`InferencePredictor`)
+                 ``use_cpu_training_layers`` swaps in for this architecture), alone in its process as in
+                 train.py
+    paddle_infer inference by the plain network in the dynamic graph (eval mode) and by its
+                 ``paddle.jit.save`` export run with Paddle Inference and oneDNN (eval.py's CPU path,
+                 :class:`InferencePredictor`); a process of its own, as Paddle Inference's oneDNN and
+                 thread settings would otherwise reach the training step
     paddle_plain (``--plain``) the training step without the CPU training layers (Paddle's own operators)
     paddle_no_X  (``--layer-variants X,Y+Z``) the training step without the CPU layer class X (or Y and Z)
 
@@ -40,7 +43,8 @@ from machine_info import cpu_model  # benchmarks/machine_info.py (run as a scrip
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 14
-MEASUREMENTS = {"torch": ("train", "infer"), "paddle": ("train", "infer", "infer_pi"), "paddle_plain": ("train",)}
+MEASUREMENTS = {"torch": ("train", "infer"), "paddle": ("train",), "paddle_infer": ("infer", "infer_pi"),
+                "paddle_plain": ("train",)}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -112,6 +116,7 @@ def _torch_worker(args: argparse.Namespace) -> tuple[dict, dict]:
 
 
 def _paddle_worker(args: argparse.Namespace, plain: bool, exclude: tuple[str, ...] = ()) -> tuple[dict, dict]:
+    """train.py's training step, in a process of its own (as train.py is)."""
     import paddle
 
     from paddle_chexnet.cpu.runtime import configure_cpu
@@ -132,19 +137,30 @@ def _paddle_worker(args: argparse.Namespace, plain: bool, exclude: tuple[str, ..
     model = paddle.Model(net)
     model.prepare(build_optimizer("adam", net.parameters(), 1e-3), WeightedBCEWithLogits())
     x, y = _batch(args.batch_size, args.size)
-    calls = {"train": lambda: model.train_batch([x], [y])}
-    if not plain and not exclude and not args.skip_inference:
-        from paddle_chexnet.inference.predictors import DygraphPredictor, InferencePredictor
+    return info, {"train": lambda: model.train_batch([x], [y])}
 
-        evaluated = build_network(args.arch, NUM_CLASSES)
-        evaluated.eval()
-        xi = _batch(args.infer_batch, args.size)[0]
-        dygraph = DygraphPredictor(evaluated, micro_batch=None)
-        exported = InferencePredictor.from_network(evaluated, tempfile.mkdtemp(prefix="bench_arch_export_"),
-                                                   crop=args.size, num_threads=args.threads, micro_batch=None)
-        calls["infer"] = lambda: dygraph(xi)
-        calls["infer_pi"] = lambda: exported(xi)
-    return info, calls
+
+def _paddle_inference_worker(args: argparse.Namespace) -> tuple[dict, dict]:
+    """Inference by the plain network in the dynamic graph and by its Paddle Inference export (eval.py's CPU
+    path), in a process of its own: Paddle Inference's oneDNN and thread settings must not reach the training
+    step's process."""
+    import paddle
+
+    from paddle_chexnet.cpu.runtime import configure_cpu
+
+    configure_cpu(args.threads)
+    paddle.set_device("cpu")
+    from paddle_chexnet.inference.predictors import DygraphPredictor, InferencePredictor
+    from paddle_chexnet.models.registry import build_network
+
+    paddle.seed(0)
+    evaluated = build_network(args.arch, NUM_CLASSES)
+    evaluated.eval()
+    xi = _batch(args.infer_batch, args.size)[0]
+    dygraph = DygraphPredictor(evaluated, micro_batch=None)
+    exported = InferencePredictor.from_network(evaluated, tempfile.mkdtemp(prefix="bench_arch_export_"),
+                                               crop=args.size, num_threads=args.threads, micro_batch=None)
+    return {}, {"infer": lambda: dygraph(xi), "infer_pi": lambda: exported(xi)}
 
 
 def run_worker(args: argparse.Namespace) -> None:
@@ -157,6 +173,8 @@ def run_worker(args: argparse.Namespace) -> None:
 
     if args.worker == "torch":
         info, calls = _torch_worker(args)
+    elif args.worker == "paddle_infer":
+        info, calls = _paddle_inference_worker(args)
     elif args.worker.startswith("paddle_no_"):
         info, calls = _paddle_worker(args, plain=False, exclude=tuple(args.worker[len("paddle_no_"):].split("+")))
     else:
@@ -234,7 +252,8 @@ class _Worker:
 
 def measure(arch: str, args: argparse.Namespace, logs: Path) -> dict:
     """One architecture: start its workers one after another, then interleave their timed calls."""
-    kinds = (["torch", "paddle"] + (["paddle_plain"] if args.plain else [])
+    kinds = (["torch", "paddle"] + ([] if args.skip_inference else ["paddle_infer"])
+             + (["paddle_plain"] if args.plain else [])
              + [f"paddle_no_{v}" for v in args.layer_variants.split(",") if v])
     workers: dict[str, _Worker] = {}
     started = time.perf_counter()
@@ -277,7 +296,7 @@ def summarise(results: list[dict], args: argparse.Namespace) -> str:
         for command in ("infer_pi", "infer"):
             if command == "infer_pi":
                 row.append(f"{torch_infer:.1f}" if torch_infer else "-")
-            rate = _rate(result, "paddle", command, args.infer_batch)
+            rate = _rate(result, "paddle_infer", command, args.infer_batch)
             row += [f"{rate:.1f}" if rate else "-",
                     f"{rate / torch_infer:.2f}x" if rate and torch_infer else "-"]
         torch_train = _rate(result, "torch", "train", args.batch_size)
@@ -291,7 +310,8 @@ def summarise(results: list[dict], args: argparse.Namespace) -> str:
     lines.append("CPU training layers swapped in (`use_cpu_training_layers`): " + "; ".join(
         f"{r['arch']}: " + (", ".join(f"{n} x{c}" for n, c in sorted(r['info'].get('cpu_layers', {}).items()))
                             or "none") for r in results))
-    variants = [k for k in results[0]["seconds"] if k.startswith("paddle_")] if results else []
+    variants = [k for k in results[0]["seconds"] if k.startswith("paddle_") and k != "paddle_infer"
+                ] if results else []
     if variants:
         lines.append("")
         lines.append("Training images/s of paddle's step with all the CPU layers and without some (speed-up of "

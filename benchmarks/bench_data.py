@@ -23,7 +23,7 @@ Measured on the real sample images (1024x1024 NIH PNGs), in one process, in this
 Prints a Markdown section for BENCHMARKS.md.
 
 Example (from the repository root; about two minutes on 2 cores, three with --end-to-end):
-    PYTHONPATH=. python benchmarks/bench_data.py --data-dir ../shared/data/chestxray14-sample
+    python benchmarks/bench_data.py --data-dir ../shared/data/chestxray14-sample
 """
 from __future__ import annotations
 
@@ -274,7 +274,7 @@ def main(args: argparse.Namespace) -> dict:
         if args.end_to_end:
             results["end_to_end"] = bench_end_to_end(args, images_dir, labels_path, cache_dir, work)
     results["load_after"] = _load()
-    command = "PYTHONPATH=. python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])
+    command = "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:])
     print()
     print(markdown(results, command))
     if args.output:

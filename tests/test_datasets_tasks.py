@@ -140,6 +140,58 @@ def test_chexpert_validation_by_a_patient_level_split_of_train_csv(chexpert, tmp
     assert all(name.startswith("CheXpert-v1.0-small/train/") for name in val.names)
 
 
+#: the README's data set x task rows, as (--dataset, --task)
+CELLS = [("nih", "chexnet14"), ("nih", "nih8"), ("nih", "abnormal"),
+         ("chexpert", "chexpert5"), ("chexpert", "chexpert14"), ("chexpert", "abnormal")]
+POOLINGS = ["avg", "max", "lse", "pcam"]
+
+
+def _matrix() -> list:
+    """Every architecture x data set x task; the fast suite runs each architecture on one cell (all cells and
+    poolings appear among them), the slow suite the rest."""
+    from paddle_chexnet.models.registry import architecture_names
+
+    params = []
+    for a, arch in enumerate(architecture_names()):
+        for c, (dataset, task) in enumerate(CELLS):
+            fast = c == a % len(CELLS)
+            pooling = POOLINGS[a % len(POOLINGS)] if fast else "avg"
+            params.append(pytest.param(arch, dataset, task, pooling, fast, id=f"{arch}-{dataset}-{task}-{pooling}",
+                                       marks=() if fast else pytest.mark.slow))
+    return params
+
+
+@pytest.mark.parametrize("arch, dataset, task, pooling, fast", _matrix())
+def test_every_architecture_on_every_data_set_and_task(nih, chexpert, tmp_path, arch, dataset, task, pooling, fast):
+    """One training step of train.py at 32 px, then eval.py and tools/predict.py read everything from the sidecar.
+
+    The fast cells evaluate through eval.py's CPU path (a Paddle Inference export of each architecture); the
+    slow ones in the dynamic graph, which is quicker for one small split.
+    """
+    root = nih if dataset == "nih" else chexpert
+    source = ["--dataset", dataset, "--data-dir", str(root)]
+    weights = _train(tmp_path, *source, "--task", task, "--arch", arch, "--pooling", pooling, "--resize", "32",
+                     "--crop", "32", "--batch-size", "4", "--max-steps-per-epoch", "1")
+    spec = json.loads(weights.with_suffix(".json").read_text())["model"]
+    classes = list(get_task(task).class_names)
+    assert (spec["arch"], spec["task"], spec["class_names"], spec["pooling"]) == (arch, task, classes, pooling)
+
+    backend = [] if fast else ["--backend", "dygraph"]
+    assert eval_cli.entry([*source, "--weights", str(weights), *EVAL, "--resize", "32", "--crop", "32", *backend,
+                           "--output-dir", str(tmp_path / "eval")]) == 0
+    aucs = _read_csv(tmp_path / "eval" / "aucs.csv")
+    assert [row["label"] for row in aucs if row["label"] != "Mean"] == classes
+    preds = _read_csv(tmp_path / "eval" / "preds.csv")
+    scores = np.array([[float(row[name]) for name in classes] for row in preds])
+    assert np.isfinite(scores).all() and ((scores >= 0) & (scores <= 1)).all()
+
+    image = root / preds[0]["Path"] if dataset == "chexpert" else root / "images" / preds[0]["Image Index"]
+    assert predict_cli.entry([str(image), "--weights", str(weights), "--output-dir", str(tmp_path / "predict"),
+                              "--resize", "32", "--quiet", "--device", "cpu"]) == 0
+    predicted = _read_csv(tmp_path / "predict" / "predictions.csv")[0]
+    assert list(predicted) == ["image", *classes]
+
+
 def test_a_task_of_another_data_set_is_one_line(nih, tmp_path, caplog):
     assert train_cli.entry([*COMMON, "--data-dir", str(nih), "--task", "chexpert5",
                             "--output-dir", str(tmp_path / "o")]) == 1
