@@ -254,7 +254,7 @@ def test_real_images_are_verified_too(weights, tmp_path, sample_dir):
 def test_the_script_runs_as_a_user_would(weights, tmp_path):
     from conftest import REPO_ROOT, cli_env
 
-    out = tmp_path / "script"
+    out = tmp_path / "exported" / "demo"  # as in the README: neither folder exists yet
     done = subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "export_model.py"), "--weights", str(weights),
                            "--output-dir", str(out), "--crop", str(CROP), "--resize", str(RESIZE)],
                           capture_output=True, text=True, env=cli_env(), timeout=300)

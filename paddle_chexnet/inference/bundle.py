@@ -144,7 +144,12 @@ def check_options(options: ExportOptions, output_dir: Path) -> None:
         if any(output_dir.iterdir()) and not options.overwrite:
             raise UserError(f"--output-dir {output_dir} already holds files; pass --overwrite to replace it, "
                             "or choose another folder")
-    parent = output_dir.resolve().parent
+    parent = output_dir.resolve().parent  # the bundle is staged beside the output folder, then renamed onto it
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create {parent} for --output-dir {output_dir} ({exc.strerror or exc}); "
+                        "choose another --output-dir") from None
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"cannot write beside --output-dir {output_dir}: {parent} is not a writable folder")
 
