@@ -98,7 +98,7 @@ def read_thresholds(spec: str | float | None, class_names: Sequence[str] = CLASS
         value = None
     if value is not None:
         if not 0.0 <= value <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {value}")
+            raise ValueError(f"--threshold must be in [0, 1], got {value}")
         return np.full(len(class_names), value)
     path = Path(str(spec))
     if not path.is_file():
