@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import os
 import re
 import statistics
@@ -87,13 +86,6 @@ def build_checkpoint(path: Path, calibration_paths: list[Path]) -> None:
     torch.save({"epoch": 7, "arch": "densenet121", "state_dict": state}, path, _use_new_zipfile_serialization=False)
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location("convert_torch_tool", REPO_ROOT / "tools" / "convert_torch.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -103,7 +95,8 @@ def _timed(fn) -> float:
 def time_in_process(src: Path, out: Path, repeats: int) -> tuple[list[float], list[float]]:
     import torch
 
-    tool = _load_tool()
+    from paddle_chexnet.cli import convert_torch as tool  # what tools/convert_torch.py runs
+
     args = tool.get_args_parser().parse_args([str(src), "-o", str(out)])
     tool.main(args)  # warm-up: first-call costs (allocator, lazy imports) are not conversion work
     torch.load(str(src), map_location="cpu", weights_only=True)
@@ -166,8 +159,7 @@ def main(args: argparse.Namespace) -> int:
     print("<!-- SECTION: conversion -->")
     print("## Checkpoint conversion (`tools/convert_torch.py`)\n")
     print(f"Date: {started:%Y-%m-%d %H:%M} UTC. Machine: {os.cpu_count()} cores (`nproc`), {cpu_model()}; "
-          f"load average {load_before[0]:.1f} at start, {load_after[0]:.1f} at the end "
-          "(other engineers were using the CPU at the same time). torch threads: "
+          f"load average {load_before[0]:.1f} at start, {load_after[0]:.1f} at the end. torch threads: "
           f"{args.threads}; Paddle default.\n")
     print("Command:\n\n```bash")
     print(f"python benchmarks/bench_convert.py --images {args.images} --labels {args.labels}"
