@@ -43,8 +43,6 @@ from machine_info import cpu_model  # benchmarks/machine_info.py (run as a scrip
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 14
-MEASUREMENTS = {"torch": ("train", "infer"), "paddle": ("train",), "paddle_infer": ("infer", "infer_pi"),
-                "paddle_plain": ("train",)}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
