@@ -1,12 +1,18 @@
 """Post-training static INT8 quantisation of an ONNX export (ONNX Runtime's ``quantize_static``), and its check.
 
 The fp32 ONNX model is first prepared with ONNX Runtime's ``quant_pre_process``
-(shape inference and graph optimisation), then quantised in the QOperator
-format (``QLinearConv``, ``QLinearMatMul`` ...): weights int8 per output
-channel, activations uint8 with ranges calibrated (min/max) on preprocessed
-images. ``reduce_range`` keeps weights to 7 bits, so processors without VNNI
-(AVX2's ``vpmaddubsw`` adds pairs of int8 x uint8 products in 16 bits) do not
-saturate.
+(shape inference, graph optimisation, batch norms folded into the convolutions
+before them), then rewritten so that the rest quantises too
+(:mod:`paddle_chexnet.inference.int8_graph`: the batch norms and average pools
+that remain become depthwise convolutions, exactly), then quantised in the
+QOperator format (``QLinearConv``, ``QLinearConcat`` ...): weights int8 per
+output channel, activations uint8 with ranges calibrated (min/max) on
+preprocessed images, the classifier head after the global pooling in float32.
+Last, the tensors each chain of concatenations joins get one scale, so the
+concatenations copy bytes. The graph then runs in integers from the first
+convolution to the global pooling. ``reduce_range`` keeps weights to 7 bits,
+so processors without VNNI (AVX2's ``vpmaddubsw`` adds pairs of int8 x uint8
+products in 16 bits) do not saturate.
 
 :func:`check_int8` compares the INT8 model with the fp32 one on labelled
 images: the per-class AUROC change (the check: at most :data:`AUROC_BOUND`),
@@ -40,6 +46,10 @@ CALIBRATION_STRIDE = 16
 
 #: calibration images when the user gives none
 DEFAULT_CALIBRATION_COUNT = 200
+
+#: the op types quantised: everything a CNN of the registry runs between its first convolution and its head
+#: (quantising ``GlobalAveragePool`` and the head too made DenseNet-121 slower and its probabilities coarser)
+QUANTIZED_OP_TYPES = ("Conv", "Relu", "Clip", "Concat", "MaxPool", "Add", "Mul", "Sigmoid")
 
 
 def _quantization_tools():
@@ -90,18 +100,32 @@ def quantize_onnx(fp32_path: str | Path, int8_path: str | Path, calibration: np.
             self._next += 1
             return {INPUT_NAME: np.ascontiguousarray(used[self._next - 1:self._next], dtype=np.float32)}
 
+    import onnx
+
+    from paddle_chexnet.inference import int8_graph
+
     int8_path = Path(int8_path)
     with tempfile.TemporaryDirectory(prefix="chexnet-quant-") as work:
         prepared = Path(work) / "prepared.onnx"
         q.quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        graph = onnx.load(str(prepared))
+        counts = int8_graph.prepare_for_int8(graph)
+        logger.info("graph rewritten for INT8: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))
+        onnx.save(graph, str(prepared))
         q.quantize_static(
             str(prepared), str(int8_path), Reader(),
-            quant_format=q.QuantFormat.QOperator,
+            quant_format=q.QuantFormat.QOperator, op_types_to_quantize=list(QUANTIZED_OP_TYPES),
+            nodes_to_exclude=int8_graph.head_nodes(graph),
             per_channel=per_channel, reduce_range=reduce_range,
             activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
             calibrate_method=q.CalibrationMethod.MinMax,
             extra_options={"CalibStridedMinMax": stride},
         )
+    quantized = onnx.load(str(int8_path))
+    shared = int8_graph.share_concat_scales(quantized, int8_graph.relu_ranged_tensors(graph))
+    if shared:
+        logger.info("%d concatenated tensors share their group's scale", shared)
+        onnx.save(quantized, str(int8_path))
     return int8_path
 
 
