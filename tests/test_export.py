@@ -157,6 +157,7 @@ def test_refuses_a_finished_folder_without_overwrite(weights, exported, tmp_path
     ["--labels", "labels.txt"],
     ["--images", "no/such/folder"],
     ["--atol", "0"],
+    ["--int8-weight-bits", "8"],  # without --quantize int8
 ])
 def test_refusals_exit_1_and_write_nothing(weights, tmp_path, extra):
     out = tmp_path / "out"

@@ -135,7 +135,6 @@ def test_concatenated_tensors_share_a_scale_that_covers_each_range(exported, qua
     own_path = tmp_path / "own.onnx"
     quantize.quantize_onnx(fp32, own_path, generated_inputs(32, CROP, RESIZE, seed=1).batch)
     own = onnx.load(str(own_path))
-    protected_zero = 0
     for node in quantized.graph.node:
         if node.op_type != "QLinearConcat":
             continue
@@ -146,10 +145,93 @@ def test_concatenated_tensors_share_a_scale_that_covers_each_range(exported, qua
             if new == out:  # shared: the group's range holds this tensor's whole calibrated range
                 assert new[0] * (0 - new[1]) <= old[0] * (0 - old[1]) + 1e-7
                 assert new[0] * (255 - new[1]) >= old[0] * (255 - old[1]) - 1e-7
-            else:  # not shared: only a Relu-ranged tensor (the stem's pooled output), which keeps its range at 0
+            else:  # not shared: only a Relu-ranged tensor, which keeps its range at 0
                 assert new == old and new[1] == 0
-                protected_zero += 1
-        # the dense block's inputs beyond its first share the concatenation's scale
-        shared = sum(_pair_values(quantized, tuple(node.input[k + 1:k + 3])) == out for k in range(2, len(node.input), 3))
-        assert shared >= (len(node.input) - 2) // 3 - 1
-    assert protected_zero >= 1
+        # equalised channels start at 0, so even the stem's Relu-ranged output joins: every input is copied
+        assert all(_pair_values(quantized, tuple(node.input[k + 1:k + 3])) == out for k in range(2, len(node.input), 3))
+        assert out[1] == 0
+
+
+def test_without_equalisation_a_relu_ranged_tensor_keeps_its_zero(exported, tmp_path, monkeypatch):
+    fp32, _ = exported
+    monkeypatch.setattr(int8_graph, "equalize_concat_channels", lambda model, batch: 0)
+    path = quantize.quantize_onnx(fp32, tmp_path / "m.onnx", generated_inputs(32, CROP, RESIZE, seed=1).batch)
+    model = onnx.load(str(path))
+    first = next(n for n in model.graph.node if n.op_type == "QLinearConcat")
+    stem, out = _pair_values(model, tuple(first.input[3:5])), _pair_values(model, tuple(first.input[:2]))
+    # the stem's pooled Relu output: the block's other tensors go below 0, so it is requantised, not shared
+    assert out[1] > 0 and stem[1] == 0 and stem != out
+    others = [_pair_values(model, tuple(first.input[k + 1:k + 3])) for k in range(5, len(first.input), 3)]
+    assert others and all(pair == out for pair in others)
+
+
+def test_equalised_channels_span_zero_to_one_and_the_model_is_unchanged(exported):
+    _, prepared = exported
+    before = onnx.load(str(prepared))
+    after = onnx.load(str(prepared))
+    int8_graph.prepare_for_int8(before)
+    int8_graph.prepare_for_int8(after)
+    batch = generated_inputs(16, CROP, RESIZE, seed=3).batch
+    groups = int8_graph.concat_groups(after)
+    assert len(groups) == 2  # the tiny DenseNet's two dense blocks
+    assert int8_graph.equalize_concat_channels(after, batch) == sum(len(s) for g in groups for s in
+                                                                    [g.slots[name] for name in g.leaves])
+    leaves = sorted({name for group in int8_graph.concat_groups(after) for name in group.leaves})
+    for name, (low, high) in int8_graph.measure_channel_ranges(after, leaves, batch).items():
+        np.testing.assert_allclose(low, 0, atol=1e-5, err_msg=name)
+        # a dead channel (constant on these images) keeps span 0; every other one spans [0, 1]
+        assert np.all((np.abs(high - 1) < 1e-4) | (np.abs(high - low) < 1e-6)), name
+    x = generated_inputs(8, CROP, RESIZE, seed=9).batch  # other images: the function itself is unchanged
+    np.testing.assert_allclose(_run(after, x), _run(before, x), rtol=0, atol=2e-6)
+
+
+def _filters(model, name):
+    inits = {i.name: i for i in model.graph.initializer}
+    return numpy_helper.to_array(inits[name])
+
+
+def test_spatial_filters_keep_their_sums(exported, quantized):
+    _, prepared = exported
+    float_graph = onnx.load(str(prepared))  # the float graph the fixture quantised, rebuilt the same way
+    int8_graph.prepare_for_int8(float_graph)
+    int8_graph.equalize_concat_channels(float_graph, generated_inputs(32, CROP, RESIZE, seed=1).batch)
+    floats = {i.name: numpy_helper.to_array(i) for i in float_graph.graph.initializer}
+    checked = 0
+    for node in quantized.graph.node:
+        if node.op_type != "QLinearConv":
+            continue
+        q8 = _filters(quantized, node.input[3]).astype(np.float64)
+        if q8.shape[2] * q8.shape[3] < 2:
+            continue
+        scale = _filters(quantized, node.input[4]).astype(np.float64).reshape(-1, 1, 1, 1)
+        source = node.input[3].removesuffix("_quantized")
+        exact = floats[source] / scale
+        # within one step of the plain rounding, and each [o, c] filter's sum within half a step
+        assert np.abs(q8 - exact).max() <= 1.0 + 1e-6
+        assert np.abs(q8.sum((2, 3)) - exact.sum((2, 3))).max() <= 0.5 + 1e-6
+        checked += 1
+    assert checked >= 4  # the stem, three 3x3 convolutions, the transition's pool
+
+
+def test_rounding_keeps_sums_within_bounds():
+    rng = np.random.default_rng(5)
+    exact = rng.uniform(-5, 5, size=(6, 3, 49))
+    exact[0, 0, :] = 4.49  # every tap rounds down: the sum is 24 steps short
+    bound = np.full(6, 5.0)
+    rounded = int8_graph._rounded_keeping_sums(exact, bound)
+    assert np.abs(rounded.sum(2) - exact.sum(2)).max() <= 0.5
+    assert np.abs(rounded).max() <= 5 and np.abs(rounded - exact).max() <= 1.0
+    assert np.array_equal(rounded, np.round(rounded))
+
+
+@pytest.mark.parametrize("bits, largest", [(7, 64), (8, 127)])
+def test_weight_bits_set_the_int8_range(exported, tmp_path, bits, largest):
+    fp32, _ = exported
+    path = quantize.quantize_onnx(fp32, tmp_path / "m.onnx", generated_inputs(16, CROP, RESIZE, seed=1).batch,
+                                  weight_bits=bits)
+    model = onnx.load(str(path))
+    weights = [_filters(model, n.input[3]) for n in model.graph.node if n.op_type == "QLinearConv"]
+    assert max(int(np.abs(w.astype(np.int32)).max()) for w in weights) == largest
+    with pytest.raises(ValueError, match="7 or 8"):
+        quantize.quantize_onnx(fp32, tmp_path / "x.onnx", generated_inputs(16, CROP, RESIZE, seed=1).batch,
+                               weight_bits=6)

@@ -57,6 +57,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         default=DEFAULT_CALIBRATION_COUNT, help="at most this many calibration images")
     parser.add_argument("--int8-auroc-bound", "--int8_auroc_bound", dest="auroc_bound", type=float,
                         default=AUROC_BOUND, help="largest per-class AUROC change of INT8 against fp32")
+    parser.add_argument("--int8-weight-bits", "--int8_weight_bits", dest="int8_weight_bits", type=int, choices=(7, 8),
+                        default=None, help="bits of the INT8 weights: 8 for processors with VNNI (AVX-512 VNNI, "
+                        "AVX-VNNI, AMX), 7 for any (AVX2 cannot saturate) (default: 8 on a processor with VNNI, else 7)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads of the runtimes (default: all)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output-dir")
     parser.add_argument("--verbose", action="store_true", help="log details (and tracebacks of errors)")
@@ -72,7 +75,8 @@ def main(args: argparse.Namespace) -> int:
         format=args.format, crop=args.crop, resize=args.resize, opset=args.opset, verify=not args.no_verify,
         atol=args.atol, images=args.images, labels=args.labels, limit=args.limit or None, quantize=args.quantize,
         calibration_images=args.calibration_images, calibration_labels=args.calibration_labels,
-        calibration_count=args.calibration_count, auroc_bound=args.auroc_bound, overwrite=args.overwrite,
+        calibration_count=args.calibration_count, auroc_bound=args.auroc_bound,
+        int8_weight_bits=args.int8_weight_bits, overwrite=args.overwrite,
         threads=args.threads,
     )
     check_options(options, args.output_dir)  # before the weights are read

@@ -74,6 +74,7 @@ class ExportOptions:
         calibration_labels (Path | None): a label list choosing which of ``calibration_images``.
         calibration_count (int): at most this many calibration images.
         auroc_bound (float): the largest per-class AUROC change of INT8 against fp32.
+        int8_weight_bits (int | None): 7 or 8; None: 8 on a processor with VNNI, else 7.
         overwrite (bool): replace a finished ``output_dir``.
         threads (int | None): CPU threads of the runtimes; None: all usable cores.
     """
@@ -93,6 +94,7 @@ class ExportOptions:
     calibration_labels: Path | None = None
     calibration_count: int = DEFAULT_CALIBRATION_COUNT
     auroc_bound: float = AUROC_BOUND
+    int8_weight_bits: int | None = None
     overwrite: bool = False
     threads: int | None = None
 
@@ -127,6 +129,10 @@ def check_options(options: ExportOptions, output_dir: Path) -> None:
         raise UserError(f"--atol must be positive, got {options.atol}")
     if not 0 < options.auroc_bound < 1:
         raise UserError(f"--int8-auroc-bound must be in (0, 1), got {options.auroc_bound}")
+    if options.int8_weight_bits not in (None, 7, 8):
+        raise UserError(f"--int8-weight-bits must be 7 or 8, got {options.int8_weight_bits}")
+    if options.int8_weight_bits is not None and not options.quantize:
+        raise UserError("--int8-weight-bits sets the INT8 model's weights; add --quantize int8")
     if options.calibration_count < 1:
         raise UserError(f"--calibration-count must be at least 1, got {options.calibration_count}")
     if options.labels is not None and options.images is None:
@@ -288,7 +294,8 @@ def export_bundle(
             "onnx_opset": opset if want_onnx else None,
             "quantization": None if quantization is None else {
                 "type": "int8 static (onnxruntime quantize_static, QOperator, per-channel int8 weights, "
-                        "uint8 activations, MinMax calibration)",
+                        "uint8 activations, MinMax calibration; paddle_chexnet.inference.int8_graph edits)",
+                "weight_bits": quantization.weight_bits,
                 "calibration": quantization.calibration, "check": quantization.to_dict()},
             "source": {"weights": Path(weights).name, "sha256": file_sha256(weights)},
             "versions": _versions(want_onnx),
@@ -322,15 +329,16 @@ def _versions(onnx: bool) -> dict[str, str]:
 
 def _quantize(options: ExportOptions, staging: Path, files: dict[str, Path], fp32, class_names):
     from paddle_chexnet.inference.onnx_export import OnnxPredictor
-    from paddle_chexnet.inference.quantize import check_int8, quantize_onnx
+    from paddle_chexnet.inference.quantize import check_int8, default_weight_bits, quantize_onnx
 
     calibration = _calibration_set(options, class_names)
     checked = _int8_check_set(options, class_names)
     logger.info("quantising to INT8, calibrated on %s", calibration.source)
-    path = quantize_onnx(files["onnx"], staging / INT8_FILE, calibration.batch)
+    bits = default_weight_bits() if options.int8_weight_bits is None else options.int8_weight_bits
+    path = quantize_onnx(files["onnx"], staging / INT8_FILE, calibration.batch, weight_bits=bits)
     int8 = OnnxPredictor(path, options.threads, class_names)
     report = check_int8(fp32, int8, checked.batch, checked.labels, class_names, checked.source,
-                        calibration.source, options.auroc_bound)
+                        calibration.source, options.auroc_bound, weight_bits=bits)
     if report.passed:
         files["onnx_int8"] = path
     else:

@@ -1,12 +1,12 @@
-"""Graph rewrites that let an INT8 ONNX model stay in integers from its first convolution to its head.
+"""Graph edits that let an INT8 ONNX model stay in integers from its first convolution to its head, accurately.
 
 ONNX Runtime's static quantiser turns ``Conv`` into ``QLinearConv`` but leaves a
 ``BatchNormalization`` that follows no convolution (DenseNet's ``norm1`` of each
 layer, its transitions' and ``norm5``, which come *before* their convolutions)
 in float32, with a ``DequantizeLinear``/``QuantizeLinear`` pair and a layout
 change on either side of it. In DenseNet-121 that traffic costs more than the
-integer convolutions save. Two exact float32 rewrites before quantisation
-remove it, and one edit after it makes the dense concatenations plain copies:
+integer convolutions save. Exact float32 rewrites before quantisation remove it
+and prepare the ranges; two edits after it fix what plain rounding gets wrong:
 
 * :func:`batch_norm_to_depthwise`: ``BatchNormalization`` (inference form,
   ``y = k * x + b`` per channel) becomes a depthwise 1x1 ``Conv`` with weight
@@ -17,21 +17,32 @@ remove it, and one edit after it makes the dense concatenations plain copies:
   ``Conv`` whose weights are ``1 / (kh * kw)``, again exact in int8, where
   ONNX Runtime's ``QLinearAveragePool`` ran ten times slower than the float
   pool.
+* :func:`equalize_concat_channels`: the channels a dense block concatenates
+  come straight from convolutions, over very different ranges; each is mapped
+  to [0, 1] on the calibration images (its writer's weights scaled, its
+  readers' undone), so that one uint8 scale serves them all.
+* :func:`keep_filter_sums` (after quantisation): the spatial filters' int8
+  weights are re-rounded so each keeps its float sum, its response to a flat
+  patch, which is most of a chest X-ray.
 * :func:`share_concat_scales` (after quantisation): every tensor a chain of
   ``QLinearConcat`` joins (a dense block's input, each layer's new features and
   the running concatenations) gets one scale and zero point, the union of
   their calibrated ranges, so the concatenations copy bytes instead of
   requantising. Tensors whose range must start at 0 (a ``Relu`` fused into the
-  convolution that writes them) keep their own.
+  convolution that writes them) keep their own unless the union starts at 0.
 
-Each rewrite leaves a graph without the pattern unchanged, so any architecture
-of the registry goes through them.
+Each edit leaves a graph without its pattern unchanged, so any architecture of
+the registry goes through them.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 
-__all__ = ["prepare_for_int8", "batch_norm_to_depthwise", "average_pool_to_depthwise", "relu_ranged_tensors", "head_nodes", "share_concat_scales"]
+__all__ = ["prepare_for_int8", "batch_norm_to_depthwise", "average_pool_to_depthwise", "concat_groups",
+           "measure_channel_ranges", "equalize_concat_channels", "keep_filter_sums", "relu_ranged_tensors",
+           "head_nodes", "share_concat_scales"]
 
 
 def _onnx():
@@ -218,27 +229,30 @@ def share_concat_scales(quantized, relu_ranged: set[str]) -> int:
         if node.op_type != "QLinearConcat":
             continue
         out_pair = (node.input[0], node.input[1])
-        find(out_pair)
         for k in range(2, len(node.input), 3):
-            pair = (node.input[k + 1], node.input[k + 2])
-            if pair not in protected and out_pair not in protected:
-                parent[find(pair)] = find(out_pair)
+            parent[find((node.input[k + 1], node.input[k + 2]))] = find(out_pair)
 
     groups: dict[tuple[str, str], list[tuple[str, str]]] = {}
     for pair in parent:
         groups.setdefault(find(pair), []).append(pair)
     changed = 0
     for members in groups.values():
-        if len(members) < 2 or not all(s in inits and z in inits for s, z in members):
+        if not all(s in inits and z in inits for s, z in members):
             continue
-        zero_type = numpy_helper.to_array(inits[members[0][1]]).dtype
-        if zero_type != np.uint8:
+        if any(numpy_helper.to_array(inits[z]).dtype != np.uint8 for _, z in members):
             continue
-        low, high = 0.0, 0.0
+        ranges = {}
         for scale_name, zero_name in members:
             scale = float(numpy_helper.to_array(inits[scale_name]))
             zero = int(numpy_helper.to_array(inits[zero_name]))
-            low, high = min(low, scale * (0 - zero)), max(high, scale * (255 - zero))
+            ranges[(scale_name, zero_name)] = (scale * (0 - zero), scale * (255 - zero))
+        low = min(r[0] for r in ranges.values())
+        if low < 0:  # a Relu-ranged member would lose its clamp at 0: it keeps its own range
+            members = [pair for pair in members if pair not in protected]
+            low = min((ranges[pair][0] for pair in members), default=0.0)
+        if len(members) < 2:
+            continue
+        high = max(ranges[pair][1] for pair in members)
         scale = (high - low) / 255.0 if high > low else 1.0
         zero = min(255, max(0, round(-low / scale)))
         # widen the step so that the rounded zero point still leaves room for both ends
@@ -248,4 +262,262 @@ def share_concat_scales(quantized, relu_ranged: set[str]) -> int:
             inits[scale_name].CopyFrom(numpy_helper.from_array(np.array(scale, dtype=np.float32), scale_name))
             inits[zero_name].CopyFrom(numpy_helper.from_array(np.array(zero, dtype=np.uint8), zero_name))
             changed += 1
+    return changed
+
+
+@dataclass
+class ConcatGroup:
+    """The tensors a chain of channel concatenations joins (a dense block), and what reads and writes them.
+
+    Attributes:
+        leaves (dict[str, tuple[str, bool]]): each joined tensor no concatenation writes, mapped to the
+            convolution that writes it and whether a ``Relu`` lies between (then only a positive
+            scale may move it: ``Conv -> Relu -> MaxPool``, DenseNet's stem).
+        slots (dict[str, list[tuple[str, int]]]): for each tensor of the group, the (leaf, channel) of
+            each of its channels.
+        readers (list): the depthwise 1x1 convolutions (batch norms, rewritten) that read a tensor of the
+            group, with the tensor they read.
+    """
+
+    leaves: dict[str, tuple[str, bool]] = field(default_factory=dict)
+    slots: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    readers: list[tuple[object, str]] = field(default_factory=list)
+
+
+def _weight_and_bias(graph, inits, conv):
+    """``conv``'s weight and bias arrays (a zero bias is added to a convolution without one)."""
+    _, _, numpy_helper = _onnx()
+    weight = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
+    if len(conv.input) < 3 or not conv.input[2]:
+        name = f"{conv.output[0]}.bias"
+        graph.initializer.append(numpy_helper.from_array(np.zeros(weight.shape[0], np.float32), name))
+        inits[name] = graph.initializer[-1]
+        if len(conv.input) < 3:
+            conv.input.append(name)
+        else:
+            conv.input[2] = name
+    return weight, numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64)
+
+
+def _store(inits, name: str, value: np.ndarray) -> None:
+    _, _, numpy_helper = _onnx()
+    inits[name].CopyFrom(numpy_helper.from_array(value.astype(np.float32), name))
+
+
+def concat_groups(model) -> list[ConcatGroup]:
+    """The groups of tensors joined by channel ``Concat`` that :func:`equalize_concat_channels` can rescale.
+
+    A group qualifies when each tensor it joins is written by a ``Conv`` (or by
+    ``Conv -> Relu -> MaxPool``) that nothing else reads, and every other reader of
+    its tensors is a depthwise 1x1 ``Conv`` with a bias: then a per-channel affine
+    change of the writers' outputs can be undone exactly in the readers' weights.
+    """
+    graph = model.graph
+    inits = _initializers(graph)
+    consumers = _consumers(graph)
+    producers = {name: node for node in graph.node for name in node.output}
+    concats = [node for node in graph.node if node.op_type == "Concat" and _attributes(node).get("axis") == 1
+               and all(name in producers for name in node.input)]
+    parent: dict[str, str] = {}
+
+    def find(name: str) -> str:
+        parent.setdefault(name, name)
+        while parent[name] != name:
+            parent[name] = parent[parent[name]]
+            name = parent[name]
+        return name
+
+    for node in concats:
+        for name in node.input:
+            parent[find(name)] = find(node.output[0])
+    members: dict[str, list] = {}
+    for node in concats:
+        members.setdefault(find(node.output[0]), []).append(node)
+
+    def conv_channels(conv) -> int | None:
+        return (inits[conv.input[1]].dims[0] if conv.op_type == "Conv" and len(conv.input) > 1
+                and conv.input[1] in inits else None)
+
+    groups = []
+    for nodes in members.values():
+        group, outputs = ConcatGroup(), {node.output[0] for node in nodes}
+        joined = {name for node in nodes for name in node.input} | outputs
+        ok = True
+        for name in sorted(joined - outputs):
+            writer, behind_relu = producers[name], False
+            if writer.op_type == "MaxPool":
+                relu = producers.get(writer.input[0])
+                writer = producers.get(relu.input[0]) if relu is not None and relu.op_type == "Relu" else None
+                behind_relu = True
+                if writer is None or len(consumers[relu.input[0]]) != 1 or len(consumers[relu.output[0]]) != 1:
+                    ok = False
+                    break
+            count = conv_channels(writer) if writer is not None else None
+            if count is None or sum(1 for n in graph.node if n.input[1:2] == [writer.input[1]]) != 1:
+                ok = False
+                break
+            group.leaves[name] = (writer, behind_relu)
+            group.slots[name] = [(name, c) for c in range(count)]
+        for node in nodes:  # in graph order, so each input's slots are known
+            if not ok or any(name not in group.slots for name in node.input):
+                ok = False
+                break
+            group.slots[node.output[0]] = [slot for name in node.input for slot in group.slots[name]]
+        if not ok:
+            continue
+        for name in joined:
+            for reader in consumers.get(name, []):
+                if reader in nodes:
+                    continue
+                attributes = _attributes(reader)
+                channels = len(group.slots[name])
+                if (reader.op_type != "Conv" or attributes.get("group") != channels or reader.input[0] != name
+                        or list(attributes.get("kernel_shape", [])) != [1, 1] or len(reader.input) < 3
+                        or reader.input[1] not in inits or reader.input[2] not in inits):
+                    ok = False
+                    break
+                group.readers.append((reader, name))
+        if ok and group.readers:
+            groups.append(group)
+    return groups
+
+
+def measure_channel_ranges(model, names: list[str], batch: np.ndarray, threads: int | None = None,
+                           chunk: int = 8) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-channel minimum and maximum of the float32 tensors ``names`` over ``batch`` (ONNX Runtime)."""
+    onnx, helper, _ = _onnx()
+    import onnxruntime
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    probe.graph.output.extend(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in names)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads or 0
+    session = onnxruntime.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    low: dict[str, np.ndarray] = {}
+    high: dict[str, np.ndarray] = {}
+    for start in range(0, len(batch), chunk):
+        values = session.run(names, {input_name: np.ascontiguousarray(batch[start:start + chunk], np.float32)})
+        for name, value in zip(names, values):
+            axes = (0, *range(2, value.ndim))
+            lo, hi = value.min(axis=axes), value.max(axis=axes)
+            low[name] = lo if name not in low else np.minimum(low[name], lo)
+            high[name] = hi if name not in high else np.maximum(high[name], hi)
+    return {name: (low[name].astype(np.float64), high[name].astype(np.float64)) for name in names}
+
+
+def equalize_concat_channels(model, batch: np.ndarray, threads: int | None = None) -> int:
+    """Map every channel of each :func:`concat_groups` group to the range [0, 1] on ``batch``; the channels moved.
+
+    A dense block's features come straight from convolutions, without a
+    normalisation: their channels span very different ranges, and one uint8
+    scale for the whole concatenation (which :func:`share_concat_scales` needs
+    for byte copies) would leave the narrow ones a few levels. Each writer's
+    output channel ``c`` becomes ``a_c * (x_c - m_c)`` (its weights and bias
+    scaled, per output channel, so their int8 quantisation is unchanged), with
+    ``m_c`` and ``1 / a_c`` the channel's minimum and range over ``batch``; the
+    depthwise readers undo it exactly (weight ``k / a_c``, bias ``b + k * m_c``).
+    Behind a ``Relu`` only the scale moves (``m_c = 0``). The model computes the
+    same function; on ``batch`` every joined tensor then spans [0, 1].
+    """
+    groups = concat_groups(model)
+    if not groups:
+        return 0
+    leaves = sorted({name for group in groups for name in group.leaves})
+    ranges = measure_channel_ranges(model, leaves, batch, threads)
+    inits = _initializers(model.graph)
+    moved = 0
+    for group in groups:
+        scale: dict[str, np.ndarray] = {}
+        shift: dict[str, np.ndarray] = {}
+        for name, (writer, behind_relu) in group.leaves.items():
+            low, high = ranges[name]
+            if behind_relu:
+                low = np.zeros_like(low)
+            span = high - low
+            a = np.where(span > 1e-6, 1.0 / np.maximum(span, 1e-6), 1.0)
+            weight, bias = _weight_and_bias(model.graph, inits, writer)
+            shape = (-1,) + (1,) * (weight.ndim - 1)
+            _store(inits, writer.input[1], weight * a.reshape(shape))
+            _store(inits, writer.input[2], (bias - low) * a)
+            scale[name], shift[name] = a, low
+            moved += a.size
+        for reader, name in group.readers:
+            leaf = [leaf for leaf, _ in group.slots[name]]
+            channel = np.array([c for _, c in group.slots[name]])
+            a = np.array([scale[n][c] for n, c in zip(leaf, channel)])
+            m = np.array([shift[n][c] for n, c in zip(leaf, channel)])
+            weight, bias = _weight_and_bias(model.graph, inits, reader)
+            k = weight.reshape(-1)
+            _store(inits, reader.input[2], bias + k * m)
+            _store(inits, reader.input[1], (k / a).reshape(weight.shape))
+    return moved
+
+
+def _rounded_keeping_sums(exact: np.ndarray, bound: np.ndarray) -> np.ndarray:
+    """``exact`` (``[O, C, taps]``, in quantisation steps) rounded so that each ``[o, c]`` filter keeps its sum.
+
+    Plain rounding leaves each filter's sum (its response to a flat patch) off by
+    up to ``sqrt(taps / 12)`` steps; moving the taps whose rounding was closest
+    to a tie one step the other way brings it back to within half a step.
+    Values stay within ``[-bound[o], bound[o]]``.
+    """
+    rounded = np.round(exact)
+    limit = bound.reshape(-1, 1, 1)
+    lost = np.round((exact - rounded).sum(axis=2)).astype(int)  # [O, C], in whole steps
+    for o, c in zip(*np.nonzero(lost)):
+        need = lost[o, c]
+        residual = exact[o, c] - rounded[o, c]  # in [-0.5, 0.5]
+        step = np.sign(need)
+        order = np.argsort(-residual * step, kind="stable")  # the taps nearest to rounding the other way
+        allowed = [k for k in order if abs(rounded[o, c, k] + step) <= limit[o, 0, 0]]
+        for k in allowed[:abs(need)]:
+            rounded[o, c, k] += step
+    return rounded
+
+
+def keep_filter_sums(quantized, float_model) -> int:
+    """Re-round the int8 weights of every spatial ``QLinearConv`` so each filter keeps its float sum; the count.
+
+    A chest X-ray is mostly smooth, so a filter's response there is its sum
+    times the local intensity: DenseNet's 7x7 stem, rounded plainly, shifted
+    the probabilities of a trained model by several times more than all other
+    rounding together. The scales and the bias are left as the quantiser made
+    them; only which way some taps round changes.
+
+    Args:
+        quantized (onnx.ModelProto): the QOperator INT8 model, edited in place.
+        float_model (onnx.ModelProto): the float32 graph that was quantised (its weights).
+    """
+    _, _, numpy_helper = _onnx()
+    inits = _initializers(quantized.graph)
+    floats = _initializers(float_model.graph)
+    suffix = "_quantized"
+    changed = 0
+    for node in quantized.graph.node:
+        if node.op_type != "QLinearConv" or node.input[3] not in inits or node.input[4] not in inits:
+            continue
+        name = node.input[3]
+        source = floats.get(name[:-len(suffix)] if name.endswith(suffix) else name)
+        weight_q = numpy_helper.to_array(inits[name])
+        if source is None or weight_q.dtype != np.int8 or int(np.prod(weight_q.shape[2:])) < 2:
+            continue
+        weight = numpy_helper.to_array(source).astype(np.float64)
+        scale = numpy_helper.to_array(inits[node.input[4]]).astype(np.float64).reshape(-1)
+        if weight.shape != weight_q.shape or scale.size not in (1, weight.shape[0]) or np.any(scale <= 0):
+            continue
+        if numpy_helper.to_array(inits[node.input[5]]).any():  # weights with a zero point: not the symmetric grid
+            continue
+        scale = np.broadcast_to(scale, (weight.shape[0],))
+        shape = (weight.shape[0], weight.shape[1], -1)
+        exact = (weight / scale.reshape(-1, 1, 1, 1)).reshape(shape)
+        bound = np.abs(weight_q.reshape(weight.shape[0], -1)).max(axis=1).astype(np.float64)
+        if not np.array_equal(np.clip(np.round(exact), -bound.reshape(-1, 1, 1), bound.reshape(-1, 1, 1)),
+                              weight_q.reshape(shape)):
+            continue  # not the plain rounding of these weights on this grid: leave it
+        rounded = _rounded_keeping_sums(exact, bound).reshape(weight.shape).astype(np.int8)
+        inits[name].CopyFrom(numpy_helper.from_array(rounded, name))
+        changed += 1
     return changed

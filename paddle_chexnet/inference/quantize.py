@@ -2,17 +2,23 @@
 
 The fp32 ONNX model is first prepared with ONNX Runtime's ``quant_pre_process``
 (shape inference, graph optimisation, batch norms folded into the convolutions
-before them), then rewritten so that the rest quantises too
-(:mod:`paddle_chexnet.inference.int8_graph`: the batch norms and average pools
-that remain become depthwise convolutions, exactly), then quantised in the
-QOperator format (``QLinearConv``, ``QLinearConcat`` ...): weights int8 per
-output channel, activations uint8 with ranges calibrated (min/max) on
-preprocessed images, the classifier head after the global pooling in float32.
-Last, the tensors each chain of concatenations joins get one scale, so the
-concatenations copy bytes. The graph then runs in integers from the first
-convolution to the global pooling. ``reduce_range`` keeps weights to 7 bits,
-so processors without VNNI (AVX2's ``vpmaddubsw`` adds pairs of int8 x uint8
-products in 16 bits) do not saturate.
+before them), then rewritten so that the rest quantises too and quantises well
+(:mod:`paddle_chexnet.inference.int8_graph`: the remaining batch norms and the
+average pools become depthwise convolutions, and each dense block's channels
+are rescaled to one range, all exactly), then quantised in the QOperator format
+(``QLinearConv``, ``QLinearConcat`` ...): weights int8 per output channel,
+activations uint8 with ranges calibrated (min/max) on preprocessed images, the
+classifier head after the global pooling in float32. Last, the spatial filters
+are re-rounded to keep their sums, and the tensors each chain of concatenations
+joins get one scale, so the concatenations copy bytes. The graph then runs in
+integers from the first convolution to the global pooling.
+
+Weights have 8 or 7 bits (``weight_bits``). With 7, processors without VNNI
+(AVX2's ``vpmaddubsw`` adds pairs of int8 x uint8 products in 16 bits) cannot
+saturate; processors with VNNI (AVX-512 VNNI, AVX-VNNI, AMX) sum in 32 bits,
+and 8 bits halve the rounding: :func:`default_weight_bits` picks by the
+processor that makes the model, so a model made with 8 should run on a VNNI
+processor too.
 
 :func:`check_int8` compares the INT8 model with the fp32 one on labelled
 images: the per-class AUROC change (the check: at most :data:`AUROC_BOUND`),
@@ -47,6 +53,9 @@ CALIBRATION_STRIDE = 16
 #: calibration images when the user gives none
 DEFAULT_CALIBRATION_COUNT = 200
 
+#: processor flags (``/proc/cpuinfo``) of integer dot products that sum in 32 bits
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
 #: the op types quantised: everything a CNN of the registry runs between its first convolution and its head
 #: (quantising ``GlobalAveragePool`` and the head too made DenseNet-121 slower and its probabilities coarser)
 QUANTIZED_OP_TYPES = ("Conv", "Relu", "Clip", "Concat", "MaxPool", "Add", "Mul", "Sigmoid")
@@ -61,8 +70,15 @@ def _quantization_tools():
     return quantization
 
 
+def default_weight_bits() -> int:
+    """8 on a processor with VNNI (its integer dot products cannot saturate), else 7."""
+    from paddle_chexnet.cpu.runtime import cpu_flags
+
+    return 8 if cpu_flags() & VNNI_FLAGS else 7
+
+
 def quantize_onnx(fp32_path: str | Path, int8_path: str | Path, calibration: np.ndarray,
-                  per_channel: bool = True, reduce_range: bool = True) -> Path:
+                  per_channel: bool = True, weight_bits: int | None = None) -> Path:
     """Quantise ``fp32_path`` to ``int8_path`` (statically, calibrated on ``calibration``).
 
     Args:
@@ -70,8 +86,12 @@ def quantize_onnx(fp32_path: str | Path, int8_path: str | Path, calibration: np.
         int8_path (str | Path): where to write the INT8 model.
         calibration (numpy.ndarray): float32 ``[N, 3, crop, crop]`` preprocessed images.
         per_channel (bool, optional): one weight scale per output channel. Default: True.
-        reduce_range (bool, optional): 7-bit weights (safe without VNNI). Default: True.
+        weight_bits (int, optional): 7 (safe on every processor) or 8 (for processors with VNNI).
+            Default: None (:func:`default_weight_bits`).
     """
+    weight_bits = default_weight_bits() if weight_bits is None else weight_bits
+    if weight_bits not in (7, 8):
+        raise ValueError(f"weight_bits must be 7 or 8, got {weight_bits}")
     q = _quantization_tools()
     import onnxruntime
 
@@ -110,22 +130,25 @@ def quantize_onnx(fp32_path: str | Path, int8_path: str | Path, calibration: np.
         q.quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         graph = onnx.load(str(prepared))
         counts = int8_graph.prepare_for_int8(graph)
-        logger.info("graph rewritten for INT8: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))
+        counts["channels equalised"] = int8_graph.equalize_concat_channels(graph, used)
+        logger.info("graph rewritten for INT8 (%d-bit weights): %s", weight_bits,
+                    ", ".join(f"{k} {v}" for k, v in counts.items()))
         onnx.save(graph, str(prepared))
         q.quantize_static(
             str(prepared), str(int8_path), Reader(),
             quant_format=q.QuantFormat.QOperator, op_types_to_quantize=list(QUANTIZED_OP_TYPES),
             nodes_to_exclude=int8_graph.head_nodes(graph),
-            per_channel=per_channel, reduce_range=reduce_range,
+            per_channel=per_channel, reduce_range=weight_bits == 7,
             activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
             calibrate_method=q.CalibrationMethod.MinMax,
             extra_options={"CalibStridedMinMax": stride},
         )
     quantized = onnx.load(str(int8_path))
+    filters = int8_graph.keep_filter_sums(quantized, graph)
     shared = int8_graph.share_concat_scales(quantized, int8_graph.relu_ranged_tensors(graph))
-    if shared:
-        logger.info("%d concatenated tensors share their group's scale", shared)
-        onnx.save(quantized, str(int8_path))
+    logger.info("%d convolutions re-rounded to keep their filters' sums; %d concatenated tensors share their "
+                "group's scale", filters, shared)
+    onnx.save(quantized, str(int8_path))
     return int8_path
 
 
@@ -152,6 +175,7 @@ class QuantizationReport:
         calibration (str): what the ranges were calibrated on.
         bound (float): the largest AUROC change allowed.
         throughput (dict[str, float]): images/s of ``'fp32'`` and ``'int8'`` (ONNX Runtime, this machine).
+        weight_bits (int | None): the bits of the INT8 model's weights (7 or 8).
     """
 
     class_names: tuple[str, ...]
@@ -163,6 +187,7 @@ class QuantizationReport:
     calibration: str
     bound: float = AUROC_BOUND
     throughput: dict = field(default_factory=dict)
+    weight_bits: int | None = None
 
     @property
     def auroc_diff(self) -> np.ndarray:
@@ -188,6 +213,7 @@ class QuantizationReport:
 
         return {
             "passed": self.passed, "bound": self.bound, "images": self.images, "calibration": self.calibration,
+            "weight_bits": self.weight_bits,
             "max_auroc_diff": number(self.max_auroc_diff), "max_prob_diff": self.max_prob_diff,
             "mean_prob_diff": self.mean_prob_diff, "throughput_images_per_s": self.throughput,
             "per_class": {name: {"auroc_fp32": number(a), "auroc_int8": number(b)}
@@ -196,7 +222,8 @@ class QuantizationReport:
 
     def format(self) -> str:
         width = max(len(n) for n in self.class_names)
-        lines = [f"INT8 against fp32 on {self.images}", f"calibrated on {self.calibration}",
+        bits = f"; {self.weight_bits}-bit weights" if self.weight_bits else ""
+        lines = [f"INT8 against fp32 on {self.images}", f"calibrated on {self.calibration}{bits}",
                  f"  {'class':<{width}}  AUROC fp32  AUROC int8     |diff|"]
         for name, a, b in zip(self.class_names, self.auroc_fp32, self.auroc_int8):
             diff = abs(b - a)
@@ -214,7 +241,7 @@ class QuantizationReport:
 
 def check_int8(fp32: Predictor, int8: Predictor, batch: np.ndarray, labels: np.ndarray,
                class_names: Sequence[str], images: str, calibration: str, bound: float = AUROC_BOUND,
-               speed_batch: int = 10) -> QuantizationReport:
+               speed_batch: int = 10, weight_bits: int | None = None) -> QuantizationReport:
     """Compare ``int8`` with ``fp32`` on ``batch`` (labels ``[N, C]``); see :class:`QuantizationReport`."""
     from paddle_chexnet.evaluation.metrics import compute_auroc
 
@@ -223,7 +250,7 @@ def check_int8(fp32: Predictor, int8: Predictor, batch: np.ndarray, labels: np.n
     report = QuantizationReport(
         tuple(class_names), compute_auroc(labels, p32, class_names, warn=False),
         compute_auroc(labels, p8, class_names, warn=False), float(diff.max()), float(diff.mean()),
-        images, calibration, bound,
+        images, calibration, bound, weight_bits=weight_bits,
     )
     sample = batch[:speed_batch]
     report.throughput = {"fp32": throughput(fp32, sample), "int8": throughput(int8, sample)}
