@@ -39,6 +39,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads of every runtime (default: all)")
     parser.add_argument("--no-int8", dest="int8", action="store_false", help="skip the INT8 model")
     parser.add_argument("--calibration", type=int, default=32, help="synthetic calibration images for INT8")
+    parser.add_argument("--weight-bits", type=int, choices=(7, 8), default=None,
+                        help="INT8 weight bits (default: 8 on a processor with VNNI, else 7)")
     parser.add_argument("--output", default=None, help="also write the results as JSON here")
     return parser
 
@@ -62,12 +64,13 @@ def main(args: argparse.Namespace) -> int:
     from paddle_chexnet.inference.export_check import generated_inputs
     from paddle_chexnet.inference.onnx_export import OnnxPredictor
     from paddle_chexnet.inference.predictors import InferencePredictor
-    from paddle_chexnet.inference.quantize import quantize_onnx
+    from paddle_chexnet.inference.quantize import default_weight_bits, quantize_onnx
     from paddle_chexnet.models.registry import build_network
     from paddle_chexnet.models.spec import spec_record
     from paddle_chexnet.utils.system import usable_cores
 
     threads = args.threads or usable_cores()
+    bits = args.weight_bits or default_weight_bits()
     torch.set_num_threads(threads)
     work = Path(tempfile.mkdtemp(prefix="bench-export-"))
     paddle.seed(0)
@@ -89,7 +92,7 @@ def main(args: argparse.Namespace) -> int:
     if args.int8:
         started = time.perf_counter()
         calibration = generated_inputs(args.calibration, CROP, 256, seed=1).batch
-        quantize_onnx(work / "export" / "model.onnx", work / "model.int8.onnx", calibration)
+        quantize_onnx(work / "export" / "model.onnx", work / "model.int8.onnx", calibration, weight_bits=bits)
         quantize_seconds = time.perf_counter() - started
         runtimes["ONNX Runtime INT8"] = OnnxPredictor(work / "model.int8.onnx", threads)
 
@@ -121,9 +124,11 @@ def main(args: argparse.Namespace) -> int:
           f"({', '.join(flags) if flags else 'no AVX-512, no VNNI'}); {threads} thread(s) per runtime; "
           f"load average {load[0]:.1f}. Python {platform.python_version()}, Paddle {paddle.__version__}, "
           f"torch {torch.__version__}.")
-    print(f"Command: python benchmarks/bench_export.py --rounds {args.rounds} --images {args.images}")
+    print(f"Command: python benchmarks/bench_export.py --rounds {args.rounds} --images {args.images}"
+          + (f" --weight-bits {args.weight_bits}" if args.weight_bits else ""))
     print(f"Export (Paddle + ONNX, no verification) took {export_seconds:.1f} s"
-          + (f"; INT8 quantisation ({args.calibration} calibration images) {quantize_seconds:.1f} s." if
+          + (f"; INT8 quantisation ({args.calibration} calibration images, {bits}-bit weights) "
+             f"{quantize_seconds:.1f} s." if
              quantize_seconds else "."))
     print()
     print("| runtime | center crop (img/s) | vs torch | ten-crop (img/s) | vs torch |")
