@@ -15,8 +15,7 @@ and prepare the ranges; two edits after it fix what plain rounding gets wrong:
 * :func:`average_pool_to_depthwise`: an unpadded average pool (DenseNet's
   transitions, which pool before their 1x1 convolution) becomes a depthwise
   ``Conv`` whose weights are ``1 / (kh * kw)``, again exact in int8, where
-  ONNX Runtime's ``QLinearAveragePool`` ran ten times slower than the float
-  pool.
+  ONNX Runtime's ``QLinearAveragePool`` was far slower than the float pool.
 * :func:`equalize_concat_channels`: the channels a dense block concatenates
   come straight from convolutions, over very different ranges; each is mapped
   to [0, 1] on the calibration images (its writer's weights scaled, its
@@ -392,9 +391,8 @@ def concat_groups(model) -> list[ConcatGroup]:
     return groups
 
 
-def measure_channel_ranges(model, names: list[str], batch: np.ndarray, threads: int | None = None,
-                           chunk: int = 8) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per-channel minimum and maximum of the float32 tensors ``names`` over ``batch`` (ONNX Runtime)."""
+def _tensor_batches(model, names: list[str], batch: np.ndarray, threads: int | None, chunk: int):
+    """Yield ``(images in the chunk, {name: value})`` for the float32 tensors ``names`` of ``model`` over ``batch``."""
     onnx, helper, _ = _onnx()
     import onnxruntime
 
@@ -406,11 +404,18 @@ def measure_channel_ranges(model, names: list[str], batch: np.ndarray, threads: 
     options.intra_op_num_threads = threads or 0
     session = onnxruntime.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
+    for start in range(0, len(batch), chunk):
+        part = np.ascontiguousarray(batch[start:start + chunk], np.float32)
+        yield len(part), dict(zip(names, session.run(names, {input_name: part})))
+
+
+def measure_channel_ranges(model, names: list[str], batch: np.ndarray, threads: int | None = None,
+                           chunk: int = 8) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-channel minimum and maximum of the float32 tensors ``names`` over ``batch`` (ONNX Runtime)."""
     low: dict[str, np.ndarray] = {}
     high: dict[str, np.ndarray] = {}
-    for start in range(0, len(batch), chunk):
-        values = session.run(names, {input_name: np.ascontiguousarray(batch[start:start + chunk], np.float32)})
-        for name, value in zip(names, values):
+    for _, values in _tensor_batches(model, names, batch, threads, chunk):
+        for name, value in values.items():
             axes = (0, *range(2, value.ndim))
             lo, hi = value.min(axis=axes), value.max(axis=axes)
             low[name] = lo if name not in low else np.minimum(low[name], lo)
@@ -493,8 +498,8 @@ def keep_filter_sums(quantized, float_model) -> int:
 
     A chest X-ray is mostly smooth, so a filter's response there is its sum
     times the local intensity: DenseNet's 7x7 stem, rounded plainly, shifted
-    the probabilities of a trained model by several times more than all other
-    rounding together. The scales and the bias are left as the quantiser made
+    the probabilities of a trained model more than all other rounding
+    together. The scales and the bias are left as the quantiser made
     them; only which way some taps round changes.
 
     Args:
@@ -536,25 +541,13 @@ def keep_filter_sums(quantized, float_model) -> int:
 def measure_channel_means(model, names: list[str], batch: np.ndarray, threads: int | None = None,
                           chunk: int = 4) -> dict[str, np.ndarray]:
     """Per-channel mean of the float32 tensors ``names`` over ``batch`` (ONNX Runtime)."""
-    onnx, helper, _ = _onnx()
-    import onnxruntime
-
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    del probe.graph.output[:]
-    probe.graph.output.extend(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in names)
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads or 0
-    session = onnxruntime.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
     sums: dict[str, np.ndarray] = {}
     count = 0
-    for start in range(0, len(batch), chunk):
-        part = np.ascontiguousarray(batch[start:start + chunk], np.float32)
-        for name, value in zip(names, session.run(names, {input_name: part})):
+    for images, values in _tensor_batches(model, names, batch, threads, chunk):
+        for name, value in values.items():
             total = value.astype(np.float64).sum(axis=(0, *range(2, value.ndim))) / np.prod(value.shape[2:])
             sums[name] = total if name not in sums else sums[name] + total
-        count += len(part)
+        count += images
     return {name: value / count for name, value in sums.items()}
 
 

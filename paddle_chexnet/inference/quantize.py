@@ -147,9 +147,8 @@ def quantize_onnx(fp32_path: str | Path, int8_path: str | Path, calibration: np.
     filters = int8_graph.keep_filter_sums(quantized, graph)
     shared = int8_graph.share_concat_scales(quantized, int8_graph.relu_ranged_tensors(graph))
     corrected = int8_graph.correct_biases(quantized, graph, used)
-    logger.info("%d convolutions' biases corrected for their weights' rounding", corrected)
-    logger.info("%d convolutions re-rounded to keep their filters' sums; %d concatenated tensors share their "
-                "group's scale", filters, shared)
+    logger.info("INT8 model: %d convolutions re-rounded to keep their filters' sums, %d concatenated tensors "
+                "sharing their group's scale, %d biases corrected for weight rounding", filters, shared, corrected)
     onnx.save(quantized, str(int8_path))
     return int8_path
 

@@ -73,7 +73,7 @@ def pcam_pool(features: paddle.Tensor, classifier: nn.Linear) -> paddle.Tensor:
     probabilities = paddle.flatten(probability_maps(features, classifier), 2)  # [B, K, hw]
     weights = probabilities / paddle.sum(probabilities, axis=2, keepdim=True)
     # an explicit transpose and bmm, not matmul(transpose_y=True): with a 1x1 map (32 px inputs) Paddle
-    # Inference's oneDNN matmul on AVX-512 gave wrong products for that form (off by 0.3 in probability)
+    # Inference's oneDNN matmul on AVX-512 gave wrong products for that form (the export's verification caught it)
     return paddle.bmm(weights, paddle.transpose(paddle.flatten(features, 2), [0, 2, 1]))
 
 
